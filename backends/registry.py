@@ -1,0 +1,117 @@
+"""Building backends by name, with one clear error when one cannot be had."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .base import Backend, BackendUnavailableError
+
+BACKEND_NAMES = ("cpu", "cuda", "auto", "strict")
+
+CUDA_INSTALL_HINT = (
+    'install CuPy for your CUDA version with pip install ".[cuda12]" or ".[cuda13]" '
+    "(see README), or run with --device cpu"
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu() -> Backend:
+    import array_api_compat.numpy as xp
+
+    return Backend("cpu", xp, np.ndarray, _to_device=lambda a: a, _to_host=lambda a: a)
+
+
+@functools.lru_cache(maxsize=None)
+def _strict() -> Backend:
+    try:
+        import array_api_strict as xp
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise BackendUnavailableError(
+            "backend 'strict' needs array-api-strict: pip install array-api-strict "
+            '(it comes with pip install ".[test]")'
+        ) from exc
+    # The oldest standard that every supported library implements: code that runs here
+    # uses nothing newer, so it runs on CuPy 13 too.
+    xp.set_array_api_strict_flags(api_version="2023.12")
+    return Backend(
+        "strict",
+        xp,
+        xp.Array if hasattr(xp, "Array") else type(xp.asarray(0)),
+        _to_device=lambda a: xp.asarray(a),
+        _to_host=lambda a: np.from_dlpack(a).copy(),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda() -> Backend:
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendUnavailableError(f"device 'cuda' needs CuPy, which is not installed: {CUDA_INSTALL_HINT}") from exc
+    except Exception as exc:  # CuPy installed but broken (wrong CUDA wheel, missing libraries)
+        raise BackendUnavailableError(
+            f"device 'cuda': CuPy is installed but failed to import ({type(exc).__name__}: {exc}); "
+            f"reinstall the CuPy wheel that matches your CUDA driver, or run with --device cpu"
+        ) from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise BackendUnavailableError(
+            f"device 'cuda': the CUDA driver could not be used ({type(exc).__name__}: {exc}); "
+            "check that the NVIDIA driver is installed and `nvidia-smi` works, or run with --device cpu"
+        ) from exc
+    if count == 0:
+        raise BackendUnavailableError("device 'cuda': CuPy is installed but no NVIDIA GPU was found; run with --device cpu")
+    try:
+        cupy.zeros(1).sum().item()  # fails here, not mid-training, if kernels cannot run
+    except Exception as exc:
+        raise BackendUnavailableError(
+            f"device 'cuda': a GPU was found but a test kernel failed ({type(exc).__name__}: {exc}); "
+            "the CuPy wheel probably does not match the CUDA driver: " + CUDA_INSTALL_HINT
+        ) from exc
+    import array_api_compat.cupy as xp
+
+    return Backend(
+        "cuda",
+        xp,
+        cupy.ndarray,
+        _to_device=cupy.asarray,
+        _to_host=cupy.asnumpy,
+        _synchronize=lambda: cupy.cuda.get_current_stream().synchronize(),
+    )
+
+
+_FACTORIES = {"cpu": _cpu, "cuda": _cuda, "strict": _strict}
+
+
+def get_backend(name: str | Backend = "cpu") -> Backend:
+    """The backend called ``name``: ``cpu``, ``cuda``, ``auto`` or ``strict``.
+
+    ``auto`` is cuda when CuPy and a working GPU are present, otherwise cpu. A backend
+    that cannot be had raises BackendUnavailableError saying what is missing.
+    """
+    if isinstance(name, Backend):
+        return name
+    if name == "auto":
+        try:
+            return _cuda()
+        except BackendUnavailableError:
+            return _cpu()
+    try:
+        factory = _FACTORIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}") from None
+    return factory()
+
+
+def available_backends() -> list[str]:
+    """Names of the concrete backends that work on this machine (cpu always)."""
+    names = []
+    for name in ("cpu", "strict", "cuda"):
+        try:
+            get_backend(name)
+        except BackendUnavailableError:
+            continue
+        names.append(name)
+    return names
