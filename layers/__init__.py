@@ -1,2 +1,25 @@
-"""Hand-written layers: every forward and backward pass, written once against ``xp``."""
+"""Hand-written layers: every forward and backward pass, written once against ``xp``.
+
+No module here imports NumPy or CuPy: each layer uses the ``xp`` namespace of the
+backend it was moved to with ``layer.to(backend)``.
+"""
+from .activations import Flatten, ReLU, Softmax
+from .base import Layer, Sequential
+from .conv import Conv2D
+from .linear import Linear
+from .loss import CrossEntropyLoss
 from .parameter import Parameter
+from .pool import MaxPool2D
+
+__all__ = [
+    "Conv2D",
+    "CrossEntropyLoss",
+    "Flatten",
+    "Layer",
+    "Linear",
+    "MaxPool2D",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "Softmax",
+]

@@ -1,0 +1,67 @@
+"""Element-wise and shape-only layers: ReLU, Flatten, Softmax."""
+from __future__ import annotations
+
+from .base import Layer
+
+
+class ReLU(Layer):
+    """``y = max(x, 0)``, any shape. Backward: ``dx = dy`` where ``x > 0``, else 0."""
+
+    def forward(self, x):
+        self._check_input(x)
+        positive = x > 0
+        zeros = self.xp.zeros_like(x)
+        self._cache = positive if self.training else None
+        return self.xp.where(positive, x, zeros)
+
+    def backward(self, dy):
+        positive = self._saved()
+        return self.xp.where(positive, dy, self.xp.zeros_like(dy))
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) → (N, d1·d2·...). Backward reshapes dy back."""
+
+    def forward(self, x):
+        self._check_input(x)
+        if x.ndim < 2:
+            raise ValueError(f"{self!r} expects input (N, ...) with at least 2 dimensions, got {tuple(x.shape)}")
+        self._cache = tuple(x.shape) if self.training else None
+        return self.xp.reshape(x, (x.shape[0], -1))
+
+    def backward(self, dy):
+        return self.xp.reshape(dy, self._saved())
+
+    def output_shape(self, input_shape):
+        size = 1
+        for dim in input_shape[1:]:
+            size *= dim
+        return (input_shape[0], size)
+
+
+class Softmax(Layer):
+    """Probabilities along ``axis``: ``y_i = exp(x_i - max x) / Σ_j exp(x_j - max x)``.
+
+    For inference (use CrossEntropyLoss, which takes logits, to train). Backward is the
+    Jacobian-vector product ``dx = y ⊙ (dy - Σ_j dy_j y_j)``.
+    """
+
+    def __init__(self, axis: int = -1):
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x):
+        self._check_input(x)
+        xp = self.xp
+        shifted = x - xp.max(x, axis=self.axis, keepdims=True)
+        exps = xp.exp(shifted)
+        y = exps / xp.sum(exps, axis=self.axis, keepdims=True)
+        self._cache = y if self.training else None
+        return y
+
+    def backward(self, dy):
+        y = self._saved()
+        return y * (dy - self.xp.sum(dy * y, axis=self.axis, keepdims=True))
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}"

@@ -1,0 +1,189 @@
+"""Layer: the forward/backward contract every layer follows, and Sequential."""
+from __future__ import annotations
+
+from backends import Backend, get_backend
+
+from .parameter import Parameter
+
+
+class Layer:
+    """Base class of every layer.
+
+    ``forward(x)`` computes the output and keeps what ``backward`` needs;
+    ``backward(dy)`` takes dL/d(output) and returns dL/d(input), setting ``grad`` on each
+    of the layer's parameters. A layer lives on one backend (``cpu`` until ``to`` moves it)
+    and in one floating dtype (float32 unless ``to`` casts it).
+    """
+
+    def __init__(self):
+        self.backend: Backend = get_backend("cpu")
+        self.xp = self.backend.xp
+        self.dtype = self.xp.float32
+        self.training = True
+        self._cache = None
+
+    # -- the two passes ---------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def backward_params(self, dy) -> None:
+        """Set the parameter gradients only, skipping dL/d(input).
+
+        Used for a network's first layer, whose input gradient nobody needs. Layers whose
+        input gradient is expensive (Conv2D, Linear) override this to skip computing it.
+        """
+        self.backward(dy)
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # -- parameters and placement -------------------------------------------------------
+    def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:
+        """(name, Parameter) pairs, in a stable order: weight before bias, first layer first."""
+        found = []
+        for attribute in ("weight", "bias"):
+            value = getattr(self, attribute, None)
+            if isinstance(value, Parameter):
+                found.append((prefix + attribute, value))
+        return found
+
+    def parameters(self) -> list[Parameter]:
+        return [parameter for _, parameter in self.named_parameters()]
+
+    def to(self, backend: Backend | str, dtype=None) -> "Layer":
+        """Move the parameters to ``backend`` (and cast to ``dtype``); returns self."""
+        target = get_backend(backend)
+        new_dtype = target.dtype(dtype) if dtype is not None else target.dtype(_dtype_name(self.dtype))
+        for parameter in self.parameters():
+            host = self.backend.to_numpy(parameter.data)
+            parameter.data = target.asarray(host, dtype=new_dtype)
+            parameter.grad = None
+        self.backend, self.xp, self.dtype = target, target.xp, new_dtype
+        self._cache = None
+        return self
+
+    def train(self) -> "Layer":
+        self.training = True
+        return self
+
+    def eval(self) -> "Layer":
+        """Inference mode: forward keeps nothing for backward."""
+        self.training = False
+        self._cache = None
+        return self
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of forward's output for an input of ``input_shape`` (used by summary)."""
+        return tuple(input_shape)
+
+    # -- helpers for subclasses ------------------------------------------------------------
+    def _check_input(self, x, rank: int | None = None, expected: str = "") -> None:
+        """Fail early, naming the layer, on input a layer cannot use correctly."""
+        if not self.backend.is_array(x):
+            raise TypeError(
+                f"{self!r} is on backend '{self.backend.name}' but got {type(x).__module__}.{type(x).__name__}; "
+                f"move the input with backend.asarray(...) or the model with .to(...)"
+            )
+        if x.dtype not in (self.xp.float32, self.xp.float64):
+            raise TypeError(
+                f"{self!r} expects a float32 or float64 input, got {x.dtype}; "
+                f"convert images with xp.astype(x, xp.float32) (and normalise them) first"
+            )
+        if rank is not None and x.ndim != rank:
+            raise ValueError(f"{self!r} expects input {expected}, got {tuple(x.shape)}")
+
+    def _check_param_dtype(self, x) -> None:
+        if x.dtype != self.dtype:
+            raise TypeError(
+                f"{self!r} has {_dtype_name(self.dtype)} weights but got a {x.dtype} input; "
+                f"use model.to(backend, dtype='{_dtype_name(x.dtype)}') or cast the input"
+            )
+
+    def _saved(self):
+        if self._cache is None:
+            raise RuntimeError(
+                f"{self!r}.backward called before forward (or after eval()); "
+                f"call forward in training mode first"
+            )
+        return self._cache
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def _dtype_name(dtype) -> str:
+    text = str(dtype)
+    return "float64" if "64" in text else "float32"
+
+
+class Sequential(Layer):
+    """Layers applied one after another: ``y = layer_n(...layer_1(x))``."""
+
+    def __init__(self, *layers: Layer):
+        super().__init__()
+        self.layers = list(layers)
+        for index, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential takes Layer objects, got {type(layer).__name__} at position {index}")
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy, input_grad: bool = True):
+        """Backpropagate ``dy`` through every layer; returns dL/dx, or None if not ``input_grad``."""
+        for layer in reversed(self.layers[1:]):
+            dy = layer.backward(dy)
+        if not self.layers:
+            return dy
+        if input_grad:
+            return self.layers[0].backward(dy)
+        self.layers[0].backward_params(dy)
+        return None
+
+    def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:
+        found = []
+        for index, layer in enumerate(self.layers):
+            found.extend(layer.named_parameters(f"{prefix}{index}."))
+        return found
+
+    def to(self, backend: Backend | str, dtype=None) -> "Sequential":
+        for layer in self.layers:
+            layer.to(backend, dtype)
+        first = self.layers[0] if self.layers else Layer().to(backend, dtype)
+        self.backend, self.xp, self.dtype = first.backend, first.xp, first.dtype
+        return self
+
+    def train(self) -> "Sequential":
+        for layer in self.layers:
+            layer.train()
+        self.training = True
+        return self
+
+    def eval(self) -> "Sequential":
+        for layer in self.layers:
+            layer.eval()
+        self.training = False
+        return self
+
+    def output_shape(self, input_shape):
+        for layer in self.layers:
+            input_shape = layer.output_shape(input_shape)
+        return input_shape
+
+    def __getitem__(self, index: int) -> Layer:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __repr__(self) -> str:
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"{type(self).__name__}(\n{inner}\n)"

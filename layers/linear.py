@@ -1,0 +1,56 @@
+"""Linear: a fully connected layer."""
+from __future__ import annotations
+
+from .base import Layer
+from .init import uniform_fan_in
+from .parameter import Parameter
+
+
+class Linear(Layer):
+    """``y = x @ W.T + b``.
+
+    Shapes: x (N, in_features) → y (N, out_features); weight (out_features, in_features)
+    and bias (out_features,), as in torch.nn.Linear.
+
+    Backward: dW = dy.T @ x, db = Σ_n dy, dx = dy @ W.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
+        super().__init__()
+        _check_positive(in_features=in_features, out_features=out_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = Parameter(self.backend.asarray(uniform_fan_in(rng, (out_features, in_features), in_features)))
+        self.bias = Parameter(self.backend.asarray(uniform_fan_in(rng, (out_features,), in_features))) if bias else None
+
+    def forward(self, x):
+        self._check_input(x, rank=2, expected=f"(N, {self.in_features})")
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"{self!r} expects input (N, {self.in_features}), got {tuple(x.shape)}")
+        self._check_param_dtype(x)
+        y = self.xp.matmul(x, self.weight.data.mT)
+        if self.bias is not None:
+            y += self.bias.data
+        self._cache = x if self.training else None
+        return y
+
+    def backward(self, dy):
+        self.backward_params(dy)
+        return self.xp.matmul(dy, self.weight.data)
+
+    def backward_params(self, dy) -> None:
+        x = self._saved()
+        self.weight.grad = self.xp.matmul(dy.mT, x)
+        if self.bias is not None:
+            self.bias.grad = self.xp.sum(dy, axis=0)
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}→{self.out_features}" + ("" if self.bias is not None else ", bias=False")
+
+
+def _check_positive(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -1,0 +1,271 @@
+"""Layer outputs against independent references, on every backend and dtype, and misuse errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends import get_backend
+from conftest import assert_close
+from layers import Conv2D, CrossEntropyLoss, Flatten, Linear, MaxPool2D, ReLU, Sequential, Softmax
+from models import build_model
+
+
+# -- independent references: the definitions, written with plain loops --------------------
+def reference_conv2d(x, weight, bias, stride, padding):
+    (sh, sw), (ph, pw) = stride, padding
+    n, c, h, w = x.shape
+    f, _, kh, kw = weight.shape
+    padded = np.zeros((n, c, h + 2 * ph, w + 2 * pw))
+    padded[:, :, ph:ph + h, pw:pw + w] = x
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    y = np.zeros((n, f, oh, ow))
+    for r in range(oh):
+        for s in range(ow):
+            patch = padded[:, :, r * sh:r * sh + kh, s * sw:s * sw + kw]
+            y[:, :, r, s] = np.einsum("nchw,fchw->nf", patch, weight)
+    return y + (0 if bias is None else bias[None, :, None, None])
+
+
+def reference_maxpool(x, kernel, stride):
+    (kh, kw), (sh, sw) = kernel, stride
+    n, c, h, w = x.shape
+    oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+    y = np.zeros((n, c, oh, ow))
+    for r in range(oh):
+        for s in range(ow):
+            y[:, :, r, s] = x[:, :, r * sh:r * sh + kh, s * sw:s * sw + kw].max(axis=(2, 3))
+    return y
+
+
+def as_host(backend, parameter):
+    return backend.to_numpy(parameter.data).astype(np.float64)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding, shape",
+    [(5, 1, 2, (2, 3, 12, 12)), (3, 2, 1, (3, 2, 9, 8)), ((2, 4), (1, 3), (1, 0), (1, 3, 7, 11))],
+)
+def test_conv2d_forward_matches_definition(backend, dtype, rng, kernel, stride, padding, shape):
+    layer = Conv2D(shape[1], 4, kernel, stride=stride, padding=padding, rng=rng).to(backend, dtype)
+    x = rng.standard_normal(shape)
+    y = layer.forward(backend.asarray(x, dtype=dtype))
+    assert y.dtype == backend.dtype(dtype)
+    expected = reference_conv2d(x, as_host(backend, layer.weight), as_host(backend, layer.bias), layer.stride, layer.padding)
+    assert_close(backend.to_numpy(y), expected, dtype, "conv2d forward")
+
+
+@pytest.mark.parametrize("kernel, stride, shape", [(2, None, (2, 3, 8, 8)), (3, 2, (1, 2, 9, 7)), ((2, 3), (2, 1), (2, 1, 6, 7))])
+def test_maxpool_forward_matches_definition(backend, dtype, rng, kernel, stride, shape):
+    layer = MaxPool2D(kernel, stride).to(backend)
+    x = rng.standard_normal(shape)
+    y = layer.forward(backend.asarray(x, dtype=dtype))
+    assert_close(backend.to_numpy(y), reference_maxpool(x, layer.kernel_size, layer.stride), dtype, "maxpool forward")
+
+
+def test_maxpool_each_window_is_its_own(backend):
+    """The seed's bug sliced x[i:(i+1)*size]: windows must be [i*size:(i+1)*size]."""
+    x = np.arange(16.0).reshape(1, 1, 4, 4)
+    y = MaxPool2D(2).to(backend).forward(backend.asarray(x))
+    np.testing.assert_array_equal(backend.to_numpy(y), [[[[5.0, 7.0], [13.0, 15.0]]]])
+
+
+def test_maxpool_gradient_goes_to_first_maximum_only(backend):
+    """Ties: PyTorch sends the whole gradient to the first maximum in the window."""
+    x = np.array([[[[1.0, 3.0, 2.0, 2.0], [3.0, 0.0, 2.0, 2.0]]]])
+    layer = MaxPool2D(2).to(backend, "float64")
+    layer.forward(backend.asarray(x))
+    dx = backend.to_numpy(layer.backward(backend.asarray(np.array([[[[1.0, 10.0]]]]))))
+    np.testing.assert_array_equal(dx, [[[[0.0, 1.0, 10.0, 0.0], [0.0, 0.0, 0.0, 0.0]]]])
+
+
+def test_overlapping_pool_gradients_add_up(backend):
+    x = np.array([[[[0.0, 1.0, 9.0, 2.0, 3.0]]]])  # 9 is the maximum of both windows
+    layer = MaxPool2D((1, 3), (1, 2)).to(backend, "float64")
+    layer.forward(backend.asarray(x))
+    dx = backend.to_numpy(layer.backward(backend.asarray(np.array([[[[2.0, 5.0]]]]))))
+    np.testing.assert_array_equal(dx, [[[[0.0, 0.0, 7.0, 0.0, 0.0]]]])
+
+
+def test_linear_relu_softmax_flatten_forward(backend, dtype, rng):
+    x = rng.standard_normal((4, 2, 3))
+    linear = Linear(6, 5, rng=rng).to(backend, dtype)
+    flat = Flatten().to(backend).forward(backend.asarray(x, dtype=dtype))
+    y = linear.forward(flat)
+    expected = x.reshape(4, 6) @ as_host(backend, linear.weight).T + as_host(backend, linear.bias)
+    assert_close(backend.to_numpy(y), expected, dtype, "linear")
+    relu = backend.to_numpy(ReLU().to(backend).forward(y))
+    assert_close(relu, np.maximum(expected, 0), dtype, "relu")
+    probabilities = backend.to_numpy(Softmax().to(backend).forward(y))
+    exps = np.exp(expected - expected.max(axis=1, keepdims=True))
+    assert_close(probabilities, exps / exps.sum(axis=1, keepdims=True), dtype, "softmax")
+
+
+def test_cross_entropy_value_and_stability(backend, dtype):
+    logits = np.array([[1000.0, 0.0, -1000.0], [1.0, 2.0, 3.0]])
+    labels = backend.asarray(np.array([0, 1]))
+    loss = CrossEntropyLoss()
+    value = float(backend.to_numpy(loss.forward(backend.asarray(logits, dtype=dtype), labels)))
+    expected = (0.0 + (np.log(np.exp([1.0, 2.0, 3.0]).sum()) - 2.0)) / 2
+    assert np.isfinite(value)
+    assert abs(value - expected) < (1e-12 if dtype == "float64" else 1e-5)
+    grad = backend.to_numpy(loss.backward())
+    assert np.all(np.isfinite(grad)) and grad.shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["mlp", "lnet"])
+def test_model_parity_across_backends(backend, dtype, rng, name):
+    """Forward, loss and every gradient match the cpu float64 result."""
+    images, labels = rng.standard_normal((3, 3, 32, 32)), np.array([0, 9, 4])
+
+    def run(on, as_dtype):
+        model = build_model(name, seed=11).to(on, as_dtype)
+        loss = CrossEntropyLoss()
+        logits = model.forward(on.asarray(images, dtype=as_dtype))
+        value = loss.forward(logits, on.asarray(labels))
+        model.backward(loss.backward())
+        grads = [on.to_numpy(p.grad) for p in model.parameters()]
+        return on.to_numpy(logits), float(on.to_numpy(value)), grads
+
+    ref_logits, ref_loss, ref_grads = run(get_backend("cpu"), "float64")
+    logits, value, grads = run(backend, dtype)
+    assert_close(logits, ref_logits, dtype, f"{name} logits")
+    assert_close(np.array(value), np.array(ref_loss), dtype, f"{name} loss")
+    for got, expected, parameter in zip(grads, ref_grads, build_model(name).parameters()):
+        assert_close(got, expected, dtype, f"{name} grad {parameter.name}")
+
+
+# -- initialisation ------------------------------------------------------------------------------
+def test_same_seed_same_network_on_every_backend(backend):
+    reference = [p.data for p in build_model("lnet", seed=5).parameters()]
+    moved = build_model("lnet", seed=5).to(backend)
+    for expected, parameter in zip(reference, moved.parameters()):
+        np.testing.assert_array_equal(backend.to_numpy(parameter.data), expected)
+    different = build_model("lnet", seed=6).parameters()[0].data
+    assert not np.array_equal(different, reference[0])
+
+
+def test_initialisation_follows_pytorch_bounds(rng):
+    conv = Conv2D(3, 64, 5, rng=rng)
+    bound = 1 / np.sqrt(3 * 5 * 5)  # kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in))
+    weights = conv.weight.data
+    assert weights.dtype == np.float32 and np.abs(weights).max() <= bound
+    assert np.abs(weights).max() > 0.95 * bound  # uniform over the whole range, not std 1
+    assert np.std(weights) == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    assert np.abs(conv.bias.data).max() <= bound and np.any(conv.bias.data != 0)
+
+
+def test_conv_bias_is_added(backend):
+    """The seed's bug created the bias and never added it."""
+    conv = Conv2D(1, 1, 1, bias=True).to(backend, "float64")
+    conv.weight.data = backend.asarray(np.zeros((1, 1, 1, 1)))
+    conv.bias.data = backend.asarray(np.array([2.5]))
+    y = conv.forward(backend.asarray(np.zeros((1, 1, 2, 2))))
+    np.testing.assert_array_equal(backend.to_numpy(y), np.full((1, 1, 2, 2), 2.5))
+
+
+# -- inputs that are views ---------------------------------------------------------------------------
+def test_non_contiguous_inputs_give_correct_results(rng):
+    cpu = get_backend("cpu")
+    layer = Conv2D(3, 2, 3, padding=1, rng=rng).to(cpu, "float64")
+    base = rng.standard_normal((2, 8, 8, 3))
+    transposed = np.transpose(base, (0, 3, 1, 2))  # NHWC memory seen as NCHW
+    sliced = rng.standard_normal((4, 3, 16, 16))[::2, :, ::2, ::2]
+    for x in (transposed, sliced):
+        assert not x.flags.c_contiguous
+        expected = reference_conv2d(x, layer.weight.data, layer.bias.data, (1, 1), (1, 1))
+        np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-12, atol=1e-12)
+        pool = MaxPool2D(2).forward(x)
+        np.testing.assert_array_equal(pool, reference_maxpool(np.ascontiguousarray(x), (2, 2), (2, 2)))
+
+
+# -- misuse -------------------------------------------------------------------------------------------
+def test_wrong_channel_count_names_the_layer():
+    with pytest.raises(ValueError, match=r"Conv2D\(3→6.*expects input \(N, 3, H, W\), got \(8, 1, 32, 32\)"):
+        Conv2D(3, 6, 5).forward(np.zeros((8, 1, 32, 32), dtype=np.float32))
+
+
+@pytest.mark.parametrize(
+    "layer, shape, message",
+    [
+        (Conv2D(3, 6, 5), (3, 32, 32), r"expects input \(N, 3, H, W\), got \(3, 32, 32\)"),
+        (Linear(1024, 10), (4, 1000), r"Linear\(1024→10\) expects input \(N, 1024\), got \(4, 1000\)"),
+        (MaxPool2D(2), (4, 6), r"MaxPool2D.*expects input \(N, C, H, W\), got \(4, 6\)"),
+        (Conv2D(1, 1, 5), (1, 1, 3, 3), r"smaller than the kernel"),
+        (MaxPool2D(4), (1, 1, 3, 3), r"smaller than the 4x4 window"),
+    ],
+)
+def test_wrong_shapes_are_clear_errors(layer, shape, message):
+    with pytest.raises(ValueError, match=message):
+        layer.forward(np.zeros(shape, dtype=np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64, np.float16])
+def test_integer_and_half_inputs_are_refused(dtype):
+    for layer in (Conv2D(3, 2, 3), Linear(4, 2), MaxPool2D(2), ReLU()):
+        shape = (1, 4) if isinstance(layer, Linear) else (1, 3, 4, 4)
+        with pytest.raises(TypeError, match="expects a float32 or float64 input"):
+            layer.forward(np.ones(shape, dtype=dtype))
+
+
+def test_dtype_mismatch_with_weights_is_clear():
+    with pytest.raises(TypeError, match="float32 weights but got a float64 input"):
+        Linear(3, 2).forward(np.zeros((1, 3)))
+
+
+def test_array_of_another_backend_is_clear():
+    strict = get_backend("strict")
+    with pytest.raises(TypeError, match="on backend 'cpu' but got array_api_strict"):
+        Linear(3, 2).forward(strict.asarray(np.zeros((1, 3)), dtype="float32"))
+
+
+@pytest.mark.parametrize("layer", [Conv2D(1, 1, 1), Linear(2, 2), MaxPool2D(2), ReLU(), Flatten(), Softmax()])
+def test_backward_before_forward_is_clear(layer):
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        layer.backward(np.zeros((1, 1, 2, 2), dtype=np.float32))
+
+
+def test_eval_mode_keeps_nothing_for_backward():
+    model = build_model("mlp").eval()
+    model.forward(np.zeros((2, 3, 32, 32), dtype=np.float32))
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        model.backward(np.zeros((2, 10), dtype=np.float32))
+
+
+def test_cross_entropy_bad_labels(backend):
+    loss = CrossEntropyLoss()
+    logits = backend.asarray(np.zeros((2, 10)), dtype="float32")
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 9\], found values from 3 to 10"):
+        loss.forward(logits, backend.asarray(np.array([3, 10])))
+    with pytest.raises(TypeError, match="integer class labels"):
+        loss.forward(logits, backend.asarray(np.array([1.0, 2.0])))
+    with pytest.raises(ValueError, match=r"labels \(N,\) = \(2,\)"):
+        loss.forward(logits, backend.asarray(np.array([1, 2, 3])))
+    with pytest.raises(RuntimeError, match="before forward"):
+        CrossEntropyLoss().backward()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: Conv2D(3, 0, 3), "out_channels must be a positive integer"),
+        (lambda: Conv2D(3, 6, 0), "kernel_size must be an int or a pair"),
+        (lambda: Conv2D(3, 6, 3, padding=-1), "padding must be"),
+        (lambda: MaxPool2D((2, 2, 2)), "kernel_size must be"),
+        (lambda: Linear(3.5, 2), "in_features must be a positive integer"),
+        (lambda: Sequential(ReLU(), "relu"), "Sequential takes Layer objects"),
+    ],
+)
+def test_bad_constructor_arguments(make, message):
+    with pytest.raises(ValueError if "Sequential" not in message else TypeError, match=message):
+        make()
+
+
+def test_summary_lists_layers_shapes_and_parameters():
+    text = build_model("lnet").summary(batch_size=8)
+    assert "(8, 6, 32, 32)" in text and "(8, 1024)" in text and "262,400" in text
+    assert "total parameters: 266,306" in text
+
+
+def test_parameter_names_are_stable():
+    names = [p.name for p in build_model("lnet").parameters()]
+    assert names == ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias", "9.weight", "9.bias"]
