@@ -1,0 +1,196 @@
+"""Training end to end: the models learn, checkpoints round-trip, resume is exact."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends import get_backend
+from layers import CrossEntropyLoss
+from models import build_model
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import DataLoader, channel_stats
+from training.errors import CheckpointError, TrainingDiverged
+from training.metrics import accuracy, confusion_matrix, per_class_accuracy
+from training.optim import SGD, Adam
+from training.trainer import Trainer
+
+
+def separable_images(rng, n: int):
+    """Random uint8 images whose class is written as a bright square at one of 10 places."""
+    labels = rng.integers(0, 10, size=n)
+    images = rng.integers(0, 120, size=(n, 3, 32, 32), dtype=np.uint8)
+    for digit in range(10):
+        row, column = 4 + 12 * (digit // 5), 2 + 6 * (digit % 5)
+        images[labels == digit, :, row:row + 6, column:column + 5] = 250
+    return images, labels.astype(np.int64)
+
+
+def test_lnet_learns_separable_data(backend, rng):
+    """A few hundred steps of LNet: the loss falls and accuracy ends far above chance."""
+    images, labels = separable_images(rng, 512)
+    mean, std = channel_stats(images)
+    loader = DataLoader(images, labels, 32, backend, mean, std, seed=0)
+    model = build_model("lnet", seed=0).to(backend)
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.05, momentum=0.9), backend, progress=False, log=lambda m: None)
+    history = trainer.fit(loader, loader, epochs=12 if backend.name != "strict" else 6)
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert history[-1]["test_acc"] > 0.8
+
+
+def test_learning_on_synthetic_digits(tmp_path, monkeypatch):
+    """The embedded default data set: a short LNet run learns far above 10 %."""
+    monkeypatch.setenv("XPNET_CACHE", str(tmp_path))
+    from training.synthetic import make_synthetic
+
+    train, test = make_synthetic(3000, 500, seed=0)
+    backend = get_backend("cpu")
+    mean, std = channel_stats(train.images)
+    train_loader = DataLoader(train.images, train.labels, 64, backend, mean, std, seed=0)
+    test_loader = DataLoader(test.images, test.labels, 250, backend, mean, std, shuffle=False)
+    model = build_model("lnet", seed=0)
+    trainer = Trainer(model, Adam(model.parameters(), lr=2e-3), backend, progress=False, log=lambda m: None)
+    history = trainer.fit(train_loader, test_loader, epochs=3)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_acc"] > 0.35, history
+
+
+def test_trainer_history_rows_and_output_files(tmp_path, rng):
+    backend = get_backend("cpu")
+    images, labels = separable_images(rng, 96)
+    mean, std = channel_stats(images)
+    loader = DataLoader(images, labels, 32, backend, mean, std)
+    model = build_model("mlp", seed=0)
+    messages = []
+    trainer = Trainer(model, Adam(model.parameters()), backend, out_dir=tmp_path, progress=False, log=messages.append)
+    history = trainer.fit(loader, loader, epochs=2)
+    assert [row["epoch"] for row in history] == [1, 2]
+    for row in history:
+        assert set(row) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds"}
+        assert row["examples_per_sec"] > 0 and 0 <= row["test_acc"] <= 1
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png"}
+    assert any(message.startswith("epoch 2/2") for message in messages)
+    assert load_checkpoint(tmp_path / "checkpoint.npz").epoch == 2
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, rng):
+    backend = get_backend("cpu")
+    images, labels = separable_images(rng, 64)
+    mean, std = channel_stats(images)
+    loader = DataLoader(images, labels, 16, backend, mean, std)
+    model = build_model("mlp", seed=0)
+    optimizer = SGD(model.parameters(), lr=0.01)
+    trainer = Trainer(model, optimizer, backend, out_dir=tmp_path, progress=False, log=lambda m: None, refresh_every=1)
+    trainer.fit(loader, loader, epochs=1)
+    good = (tmp_path / "checkpoint.npz").read_bytes()
+    optimizer.lr = 1e12
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf).*try a smaller --lr.*is intact"):
+        trainer.fit(loader, loader, epochs=3, start_epoch=1)
+    assert (tmp_path / "checkpoint.npz").read_bytes() == good
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def trained_pair(backend, steps=3):
+    model = build_model("lnet", seed=1).to(backend)
+    optimizer = Adam(model.parameters(), lr=1e-3, amsgrad=True)
+    rng = np.random.default_rng(0)
+    loss = CrossEntropyLoss()
+    for _ in range(steps):
+        x = backend.asarray(rng.standard_normal((4, 3, 32, 32)), dtype="float32")
+        loss.forward(model.forward(x), backend.asarray(rng.integers(0, 10, 4)))
+        model.backward(loss.backward(), input_grad=False)
+        optimizer.step()
+    return model, optimizer
+
+
+def test_checkpoint_round_trip(backend, tmp_path):
+    model, optimizer = trained_pair(backend)
+    history = [{"epoch": 1, "test_acc": 0.5}]
+    save_checkpoint(tmp_path / "c.npz", model, optimizer, epoch=1, backend=backend, config={"lr": 1e-3}, history=history)
+    checkpoint = load_checkpoint(tmp_path / "c.npz")
+    assert checkpoint.epoch == 1 and checkpoint.config == {"lr": 1e-3} and checkpoint.history == history
+    fresh = build_model("lnet", seed=9).to(backend)
+    fresh_optimizer = Adam(fresh.parameters(), lr=0.5)
+    checkpoint.restore_model(fresh, backend)
+    checkpoint.restore_optimizer(fresh_optimizer)
+    for a, b in zip(model.parameters(), fresh.parameters()):
+        np.testing.assert_array_equal(backend.to_numpy(a.data), backend.to_numpy(b.data))
+    assert fresh_optimizer.lr == 1e-3 and fresh_optimizer.amsgrad
+    assert fresh_optimizer.state[0]["step"] == 3
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    cpu = get_backend("cpu")
+    model, optimizer = trained_pair(cpu, steps=1)
+    save_checkpoint(tmp_path / "lnet.npz", model, optimizer, epoch=1, backend=cpu)
+    with pytest.raises(CheckpointError, match="checkpoint of model 'lnet', not 'mlp'; use --model lnet"):
+        load_checkpoint(tmp_path / "lnet.npz").restore_model(build_model("mlp"), cpu)
+    checkpoint = load_checkpoint(tmp_path / "lnet.npz")
+    checkpoint.params["9.weight"] = np.zeros((12, 256), dtype=np.float32)
+    with pytest.raises(CheckpointError, match=r"9.weight: saved \(12, 256\), model has \(10, 256\)"):
+        checkpoint.restore_model(build_model("lnet"), cpu)
+
+
+def test_checkpoint_with_another_optimizer_is_refused(tmp_path):
+    cpu = get_backend("cpu")
+    model, optimizer = trained_pair(cpu, steps=1)
+    save_checkpoint(tmp_path / "c.npz", model, optimizer, epoch=1, backend=cpu)
+    with pytest.raises(CheckpointError, match="saved by Adam, expected SGD"):
+        load_checkpoint(tmp_path / "c.npz").restore_optimizer(SGD(model.parameters(), lr=0.1))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing"])
+def test_damaged_checkpoints_are_clear_errors(tmp_path, damage):
+    cpu = get_backend("cpu")
+    model, optimizer = trained_pair(cpu, steps=1)
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model, optimizer, epoch=1, backend=cpu)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(bytes(range(256)) * 10)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+    with pytest.raises(CheckpointError, match="corrupt|truncated|does not exist|not a readable"):
+        load_checkpoint(path)
+
+
+def test_pickled_checkpoint_is_refused_not_unpickled(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, meta=np.array("{}"), payload=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(path)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    cpu = get_backend("cpu")
+    model, optimizer = trained_pair(cpu, steps=1)
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, model, optimizer, epoch=1, backend=cpu)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint .* is unchanged"):
+        save_checkpoint(path, model, optimizer, epoch=2, backend=cpu)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary file left behind
+
+
+# -- metrics --------------------------------------------------------------------------------------
+def test_metrics():
+    predictions, labels = np.array([0, 1, 1, 2, 2, 2]), np.array([0, 1, 2, 2, 2, 0])
+    assert accuracy(predictions, labels) == pytest.approx(4 / 6)
+    confusion = confusion_matrix(predictions, labels, 4)
+    assert confusion.tolist() == [[1, 0, 1, 0], [0, 1, 0, 0], [0, 1, 2, 0], [0, 0, 0, 0]]
+    per_class = per_class_accuracy(confusion)
+    np.testing.assert_allclose(per_class[:3], [0.5, 1.0, 2 / 3])
+    assert np.isnan(per_class[3])
+    with pytest.raises(ValueError, match="differ in length"):
+        accuracy([1, 2], [1])
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\]"):
+        confusion_matrix([0], [7], 4)

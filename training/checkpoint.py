@@ -1,0 +1,209 @@
+"""Checkpoints: model, optimizer, progress and history in one .npz, written atomically.
+
+Layout of the file (every entry a plain array, so it loads with ``allow_pickle=False``):
+
+    meta                    0-d unicode array: JSON with format version, model name,
+                            parameter names and shapes, optimizer name and
+                            hyperparameters, epoch, loader seed, config and history
+    param/<name>            each model parameter ("param/0.weight", ...)
+    optim/<i>/<key>         each optimizer state array or step count of parameter i
+
+The shuffle order of epoch e is a pure function of (seed, e), so ``epoch`` and the seed
+are the whole random state a resumed run needs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path, model, optimizer=None, *, epoch: int, backend, config: dict | None = None,
+                    history: list | None = None, extra: dict | None = None) -> Path:
+    """Write a checkpoint atomically: a temporary file in the same folder, fsync, rename.
+
+    If anything fails (folder not writable, disk full), the previous checkpoint at
+    ``path`` is left exactly as it was and CheckpointError says what happened.
+    """
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    for parameter in model.parameters():
+        arrays[f"param/{parameter.name}"] = backend.to_numpy(parameter.data)
+    meta: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "model": model.name,
+        "parameters": {p.name: list(p.shape) for p in model.parameters()},
+        "dtype": str(model.parameters()[0].data.dtype),
+        "epoch": int(epoch),
+        "config": config or {},
+        "history": history or [],
+        "extra": extra or {},
+    }
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        meta["optimizer"] = {
+            "name": state["optimizer"],
+            "hyper": state["hyper"],
+            "num_params": state["num_params"],
+        }
+        for index, entries in state["state"].items():
+            for key, value in entries.items():
+                arrays[f"optim/{index}/{key}"] = np.asarray(value if isinstance(value, (int, float)) else backend.to_numpy(value))
+    arrays["meta"] = np.array(json.dumps(meta))
+    _atomic_savez(path, arrays)
+    return path
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; choose a writable --out folder") from exc
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        _remove_quietly(temporary)
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint (if any) is unchanged"
+        ) from exc
+    except BaseException:
+        _remove_quietly(temporary)
+        raise
+    _fsync_folder(folder)
+
+
+def _remove_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class Checkpoint:
+    """A checkpoint read back: ``meta`` (dict), ``params`` {name: array}, optimizer state."""
+
+    def __init__(self, path: Path, meta: dict, params: dict[str, np.ndarray], optim: dict[int, dict[str, Any]]):
+        self.path, self.meta, self.params, self.optim = path, meta, params, optim
+
+    @property
+    def model_name(self) -> str:
+        return self.meta["model"]
+
+    @property
+    def epoch(self) -> int:
+        return int(self.meta["epoch"])
+
+    @property
+    def config(self) -> dict:
+        return self.meta.get("config", {})
+
+    @property
+    def history(self) -> list:
+        return self.meta.get("history", [])
+
+    def restore_model(self, model, backend) -> None:
+        """Copy the saved weights into ``model`` (checked: same model and shapes)."""
+        if model.name != self.model_name:
+            raise CheckpointError(
+                f"{self.path} is a checkpoint of model '{self.model_name}', not '{model.name}'; "
+                f"use --model {self.model_name}"
+            )
+        expected = {p.name: p.shape for p in model.parameters()}
+        saved = {name: tuple(array.shape) for name, array in self.params.items()}
+        if expected != saved:
+            differences = [
+                f"{name}: saved {saved.get(name, 'missing')}, model has {expected.get(name, 'none')}"
+                for name in sorted(set(expected) | set(saved))
+                if expected.get(name) != saved.get(name)
+            ]
+            raise CheckpointError(f"{self.path} does not fit this {model.name}: " + "; ".join(differences))
+        for parameter in model.parameters():
+            parameter.data = backend.asarray(self.params[parameter.name], dtype=parameter.data.dtype)
+            parameter.grad = None
+
+    def restore_optimizer(self, optimizer) -> None:
+        saved = self.meta.get("optimizer")
+        if saved is None:
+            raise CheckpointError(f"{self.path} holds no optimizer state; it cannot be resumed, only evaluated")
+        state = {"optimizer": saved["name"], "hyper": saved["hyper"], "num_params": saved["num_params"], "state": self.optim}
+        try:
+            optimizer.load_state_dict(state)
+        except ValueError as exc:
+            raise CheckpointError(f"{self.path}: {exc}; resume with the same --optimizer") from exc
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint written by save_checkpoint; anything else is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the checkpoint.npz or best.npz of a run")
+    with open(path, "rb") as stream:
+        magic = stream.read(4)
+    if magic != b"PK\x03\x04":  # every .npz is a zip archive
+        raise CheckpointError(f"{path} is not a readable xpnet checkpoint (not an .npz archive); it may be corrupt or truncated")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            contents = {name: archive[name] for name in archive.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise CheckpointError(f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one") from exc
+        raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({exc}); it may be corrupt or truncated") from exc
+    except Exception as exc:  # BadZipFile, EOFError, zlib.error, ...: a truncated or mangled archive
+        raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({type(exc).__name__}: {exc}); it may be corrupt or truncated") from exc
+    return _parse(path, contents)
+
+
+def _parse(path: Path, contents: dict[str, np.ndarray]) -> Checkpoint:
+    if "meta" not in contents:
+        raise CheckpointError(f"{path} is an .npz file but not an xpnet checkpoint (no 'meta' entry)")
+    try:
+        meta = json.loads(str(contents["meta"]))
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        parameter_shapes = meta["parameters"]
+        str(meta["model"]), int(meta["epoch"])
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} has an unreadable header ({exc}); it is not an xpnet checkpoint of this version") from exc
+    params, optim = {}, {}
+    for name, array in contents.items():
+        if name.startswith("param/"):
+            params[name[len("param/"):]] = array
+        elif name.startswith("optim/"):
+            try:
+                _, index, key = name.split("/", 2)
+                optim.setdefault(int(index), {})[key] = array
+            except ValueError:
+                raise CheckpointError(f"{path} has a malformed entry {name!r}") from None
+    if set(params) != set(parameter_shapes) or any(tuple(params[n].shape) != tuple(s) for n, s in parameter_shapes.items()):
+        raise CheckpointError(f"{path} is inconsistent: its parameters do not match its header; it may be corrupt")
+    for name, array in params.items():
+        if array.dtype.kind != "f":
+            raise CheckpointError(f"{path}: parameter {name} has dtype {array.dtype}, expected a float array")
+    return Checkpoint(path, meta, params, optim)

@@ -1,0 +1,194 @@
+"""Trainer: epochs of training and evaluation, progress, history, checkpoints and plots."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from layers import CrossEntropyLoss
+
+from .checkpoint import save_checkpoint
+from .errors import TrainingDiverged
+from .metrics import confusion_matrix, per_class_accuracy
+from .plots import plot_confusion, plot_curves
+
+
+@dataclass
+class Evaluation:
+    """The result of one pass over a test set."""
+
+    loss: float
+    accuracy: float
+    predictions: np.ndarray  # (N,) int64 predicted classes, on the host
+    labels: np.ndarray  # (N,) int64 true classes, on the host
+    confusion: np.ndarray  # (C, C) counts, row = true class
+
+
+class Trainer:
+    """Trains ``model`` with ``optimizer`` and evaluates it after every epoch.
+
+    Each epoch: shuffle (the loader's order is a function of seed and epoch), forward,
+    loss, backward, optimizer step for each batch; then evaluate on the test loader, append
+    a row to ``history`` and, when ``out_dir`` is set, write ``checkpoint.npz`` (last
+    epoch), ``best.npz`` (best test accuracy), ``metrics.json``, ``curves.png`` and
+    ``confusion.png`` there.
+
+    The running loss and the count of correct predictions stay on the device; they are
+    read back only every ``refresh_every`` steps (for the progress bar) and at the end of
+    the epoch, so the GPU is not made to wait for the host on every step.
+    """
+
+    def __init__(self, model, optimizer, backend, *, out_dir=None, config: dict | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print, refresh_every: int = 20):
+        self.model, self.optimizer, self.backend = model, optimizer, backend
+        self.loss = CrossEntropyLoss(check_labels=False)  # datasets are validated when loaded
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.config = dict(config or {})
+        self.progress, self.log, self.refresh_every = progress, log, max(1, int(refresh_every))
+        self.history: list[dict] = []
+        self.interrupted = False
+        self.last_evaluation: Evaluation | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, train_loader, test_loader, epochs: int, start_epoch: int = 0) -> list[dict]:
+        """Train from epoch ``start_epoch + 1`` to ``epochs`` (inclusive); returns the history.
+
+        Ctrl-C (or SIGTERM, which the CLI turns into KeyboardInterrupt) stops at once;
+        the checkpoint of the last completed epoch stays, and ``self.interrupted`` is set.
+        """
+        self.interrupted = False
+        try:
+            for epoch in range(start_epoch + 1, epochs + 1):
+                row = self._train_epoch(train_loader, epoch, epochs)
+                evaluation = self.evaluate(test_loader)
+                row.update(test_loss=evaluation.loss, test_acc=evaluation.accuracy)
+                self.history.append(row)
+                self.last_evaluation = evaluation
+                self.log(
+                    f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  train acc {100 * row['train_acc']:.2f}%  "
+                    f"test loss {row['test_loss']:.4f}  test acc {100 * row['test_acc']:.2f}%  "
+                    f"{row['examples_per_sec']:,.0f} ex/s  {row['seconds']:.1f} s"
+                )
+                if self.out_dir is not None:
+                    self._save_epoch(epoch, evaluation)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            done = self.history[-1]["epoch"] if self.history else start_epoch
+            where = f"; {self.out_dir / 'checkpoint.npz'} holds epoch {done}" if self.out_dir is not None and done else ""
+            self.log(f"interrupted during epoch {done + 1}{where}")
+        return self.history
+
+    def _train_epoch(self, loader, epoch: int, epochs: int) -> dict:
+        xp, model, optimizer = self.backend.xp, self.model, self.optimizer
+        model.train()
+        loader.set_epoch(epoch)
+        total_loss = xp.zeros((), dtype=xp.float64)
+        correct = xp.zeros((), dtype=xp.int64)
+        seen = 0
+        bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
+                   disable=not self.progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        try:
+            for step, (x, y) in enumerate(loader, start=1):
+                logits = model.forward(x)
+                loss = self.loss.forward(logits, y)
+                model.backward(self.loss.backward(), input_grad=False)
+                optimizer.step()
+                batch = x.shape[0]
+                seen += batch
+                total_loss = total_loss + xp.astype(loss, xp.float64) * batch
+                correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64))
+                bar.update(1)
+                if step % self.refresh_every == 0:
+                    running = float(total_loss) / seen
+                    self._check_finite(running, epoch, step)
+                    bar.set_postfix(loss=f"{running:.4f}", acc=f"{100 * int(correct) / seen:.1f}%")
+            self.backend.synchronize()
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start
+        train_loss = float(total_loss) / max(seen, 1)
+        self._check_finite(train_loss, epoch, len(loader))
+        return {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": int(correct) / max(seen, 1),
+            "examples_per_sec": seen / seconds if seconds > 0 else float("nan"),
+            "seconds": seconds,
+        }
+
+    def _check_finite(self, value: float, epoch: int, step: int) -> None:
+        if math.isfinite(value):
+            return
+        kept = ""
+        if self.out_dir is not None and (self.out_dir / "checkpoint.npz").exists():
+            kept = f"; the last good checkpoint, {self.out_dir / 'checkpoint.npz'}, is intact"
+        raise TrainingDiverged(
+            f"the training loss became {value} at epoch {epoch}, step {step}: the learning rate "
+            f"(lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; try a smaller --lr{kept}"
+        )
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self, loader) -> Evaluation:
+        """Loss, accuracy and confusion matrix of the model on every example of ``loader``."""
+        xp, model = self.backend.xp, self.model
+        model.eval()
+        total_loss = xp.zeros((), dtype=xp.float64)
+        predictions, labels = [], []
+        try:
+            for x, y in loader:
+                logits = model.forward(x)
+                total_loss = total_loss + xp.astype(self.loss.forward(logits, y), xp.float64) * x.shape[0]
+                predictions.append(xp.argmax(logits, axis=1))
+                labels.append(y)
+        finally:
+            model.train()
+        predicted = self.backend.to_numpy(xp.concat(predictions)).astype(np.int64)
+        true = self.backend.to_numpy(xp.concat(labels)).astype(np.int64)
+        classes = getattr(model, "num_classes", 10)
+        return Evaluation(
+            loss=float(total_loss) / len(true),
+            accuracy=float(np.mean(predicted == true)),
+            predictions=predicted,
+            labels=true,
+            confusion=confusion_matrix(predicted, true, classes),
+        )
+
+    # -- output -----------------------------------------------------------------------------
+    def _save_epoch(self, epoch: int, evaluation: Evaluation) -> None:
+        out = self.out_dir
+        arguments = dict(model=self.model, optimizer=self.optimizer, epoch=epoch, backend=self.backend,
+                         config=self.config, history=self.history)
+        save_checkpoint(out / "checkpoint.npz", **arguments)
+        best_before = max((row["test_acc"] for row in self.history[:-1]), default=-1.0)
+        if self.history[-1]["test_acc"] > best_before or not (out / "best.npz").exists():
+            save_checkpoint(out / "best.npz", **arguments)
+        write_metrics(out / "metrics.json", self.config, self.history, evaluation)
+        plot_curves(self.history, out / "curves.png")
+        plot_confusion(evaluation.confusion, out / "confusion.png")
+
+
+def write_metrics(path: Path, config: dict, history: list[dict], evaluation: Evaluation | None = None) -> None:
+    """metrics.json: the config, one object per epoch, and the last evaluation's details."""
+    best = max(history, key=lambda row: row["test_acc"]) if history else None
+    document = {"config": config, "history": history, "best_epoch": best["epoch"] if best else None}
+    if evaluation is not None:
+        document["per_class_accuracy"] = [None if math.isnan(v) else v for v in per_class_accuracy(evaluation.confusion).tolist()]
+        document["confusion"] = evaluation.confusion.tolist()
+    handle, temporary = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(document, stream, indent=2)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
