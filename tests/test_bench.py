@@ -1,0 +1,110 @@
+"""The benchmark tool: a quick smoke run end to end, and its pieces (no torch needed)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import bench
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH = REPO_ROOT / "benchmarks" / "bench.py"
+
+
+def test_quick_run_writes_positive_throughput_and_memory(tmp_path):
+    out = tmp_path / "results" / "quick.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--models", "lnet", "mlp", "--batch-sizes", "8", "--json", str(out)],
+        cwd=tmp_path,  # the script must find the repository by itself
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+
+    assert report["schema_version"] == bench.SCHEMA_VERSION
+    assert "--quick" in report["command"]
+    assert report["settings"]["optimizer"] == {"name": "SGD", "lr": 0.01, "momentum": 0.9}
+    machine = report["machine"]
+    for key in ("cpu_model", "logical_cpus", "numpy_version", "blas", "torch_version", "environment", "worker_environment"):
+        assert key in machine
+    assert machine["worker_environment"]["OMP_NUM_THREADS"] == str(report["settings"]["threads"])
+
+    rows = report["results"]
+    assert {(r["model"], r["mode"]) for r in rows} == {(m, mode) for m in ("lnet", "mlp") for mode in ("train", "infer")}
+    for row in rows:
+        assert "error" not in row, row
+        assert row["framework"] == "xpnet" and row["batch_size"] == 8 and row["dtype"] == "float32"
+        assert row["examples_per_second"] > 0
+        assert row["peak_memory_mb"] > 0 and row["host_peak_rss_mb"] >= row["host_rss_after_import_mb"] > 0
+        assert len(row["run_seconds"]) == 1 and row["steps"] == 2
+        if row["mode"] == "train":
+            assert np.isfinite(row["final_loss"])
+    assert len(report["comparison"]) == 4
+    assert "xpnet ex/s" in done.stdout and "lnet" in done.stdout
+
+
+class _CountingWorkload(bench.Workload):
+    def __init__(self, seconds_per_step: float):
+        self.calls = 0
+        super().__init__(step=self._step, sync=lambda: None)
+        self.seconds_per_step = seconds_per_step
+
+    def _step(self):
+        self.calls += 1
+
+
+def test_calibration_scales_steps_to_the_target(monkeypatch):
+    workload = _CountingWorkload(0.01)
+    # A fake clock on which every step takes 10 ms, so 1 s is 100 steps.
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: workload.calls * workload.seconds_per_step)
+    assert bench.calibrate_steps(workload, target_seconds=1.0) == 100
+    steps, runs = bench.measure(workload, warmup=3, repeats=4, steps=None, target_seconds=0.5)
+    assert steps == 50 and runs == pytest.approx([0.5] * 4)
+
+
+def test_cycling_labels_change_every_step_and_repeat():
+    labels = bench.cycling_labels(np.array([0, 3, 9]), 10, np.asarray)
+    first = [next(labels) for _ in range(11)]
+    assert [list(a) for a in first[:2]] == [[0, 3, 9], [1, 4, 0]]
+    assert list(first[10]) == list(first[0])
+
+
+def test_comparison_and_table():
+    rows = [
+        {"framework": "xpnet", "model": "mlp", "batch_size": 64, "mode": "train", "examples_per_second": 500.0, "peak_memory_mb": 100.0},
+        {"framework": "torch", "model": "mlp", "batch_size": 64, "mode": "train", "examples_per_second": 1000.0, "peak_memory_mb": 300.0},
+        {"framework": "xpnet", "model": "lnet", "batch_size": 64, "mode": "infer", "error": "boom"},
+    ]
+    comparison = bench.compare(rows)
+    assert comparison[0]["ratio_xpnet_over_torch"] == pytest.approx(0.5)
+    assert comparison[1]["ratio_xpnet_over_torch"] is None
+    table = bench.format_table(comparison, with_torch=True)
+    assert "0.50x" in table and "error" in table and "torch MB" in table
+
+
+def test_compare_torch_without_torch_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "_installed_version", lambda name: None)
+    monkeypatch.setattr(bench, "_importable", lambda name: False)
+    assert bench.main(["--quick", "--compare-torch"]) == 2
+    assert "pip install torch" in capsys.readouterr().err
+
+
+def test_torch_twins_match_xpnet_models():
+    torch = pytest.importorskip("torch")
+    from backends import get_backend
+    from benchmarks.torch_models import build_torch_model, copy_xpnet_weights
+    from models import build_model
+
+    backend = get_backend("cpu")
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32))
+    for name in ("mlp", "lnet"):
+        ours = build_model(name, seed=0, backend=backend, dtype="float64")
+        theirs = build_torch_model(name).double()
+        copy_xpnet_weights(ours, theirs, backend.to_numpy)
+        with torch.no_grad():
+            expected = theirs(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(backend.to_numpy(ours.forward(backend.asarray(x))), expected, rtol=1e-10, atol=1e-10)

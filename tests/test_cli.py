@@ -1,0 +1,159 @@
+"""The command line: a small run writes its files, resume is exact, evaluate and predict work,
+and user errors end in one 'error:' line with exit code 2."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import cli
+from training.checkpoint import load_checkpoint
+
+SMALL = ["--device", "cpu", "--model", "mlp", "--train-size", "160", "--test-size", "64", "--batch-size", "32", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XPNET_CACHE", str(tmp_path / "cache"))
+
+
+def run(argv, capsys):
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_training_run_writes_all_five_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(SMALL + ["--epochs", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert {p.name for p in out.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["model"] == "mlp" and metrics["config"]["optimizer"] == "adam"
+    assert [row["epoch"] for row in metrics["history"]] == [1, 2]
+    assert set(metrics["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds"}
+    for png in ("curves.png", "confusion.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("model", ["mlp", "lnet"])
+def test_resume_continues_exactly(tmp_path, capsys, model):
+    """E epochs in one go and k epochs resumed to E end with identical weights and history."""
+    settings = SMALL[:2] + ["--model", model] + SMALL[4:] + ["--optimizer", "sgd"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run(settings + ["--epochs", "3", "--out", str(straight)], capsys)[0] == 0
+    assert run(settings + ["--epochs", "1", "--out", str(split)], capsys)[0] == 0
+    assert run(["--resume", str(split / "checkpoint.npz"), "--epochs", "3", "--quiet", "--device", "cpu"], capsys)[0] == 0
+    a, b = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
+    assert a.epoch == b.epoch == 3
+    for name in a.params:
+        np.testing.assert_array_equal(a.params[name], b.params[name])
+    for key in a.optim:
+        for entry in a.optim[key]:
+            np.testing.assert_array_equal(a.optim[key][entry], b.optim[key][entry])
+    timing = {"examples_per_sec", "seconds"}
+    strip = lambda history: [{k: v for k, v in row.items() if k not in timing} for row in history]  # noqa: E731
+    assert strip(a.history) == strip(b.history)
+
+
+def test_resume_needs_more_epochs(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(SMALL + ["--epochs", "1", "--out", str(out)], capsys)
+    code, _, err = run(["--resume", str(out / "checkpoint.npz"), "--epochs", "1", "--device", "cpu"], capsys)
+    assert code == 2 and "already holds 1 epochs; pass --epochs greater than 1" in err
+
+
+def test_evaluate_and_predict(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "run"
+    assert run(SMALL + ["--epochs", "1", "--out", str(out)], capsys)[0] == 0
+    code, stdout, err = run(["--evaluate", str(out / "best.npz"), "--device", "cpu"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout.strip().splitlines()[-1])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert result["accuracy"] == pytest.approx(metrics["history"][0]["test_acc"])
+    assert "per-class accuracy: 0:" in stdout
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(tmp_path / "b.jpg")
+    code, stdout, err = run(["--predict", str(tmp_path / "a.png"), str(tmp_path / "b.jpg"), "--checkpoint", str(out / "best.npz"), "--device", "cpu"], capsys)
+    assert code == 0, err
+    lines = [line for line in stdout.splitlines() if line.startswith(str(tmp_path))]
+    assert len(lines) == 2
+    for line in lines:
+        shares = [float(part.split("(")[1].rstrip("%)")) for part in line.split(": ", 1)[1].split(", ")]
+        assert len(shares) == 3 and shares == sorted(shares, reverse=True) and sum(shares) <= 100.0001
+
+
+def test_svhn_format_files_train(tmp_path, capsys):
+    """--dataset svhn reads SVHN-format .mat files (label 10 is the digit 0)."""
+    from training.data import write_svhn_mat
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "svhn"
+    data.mkdir()
+    for name, n in (("train_32x32.mat", 96), ("test_32x32.mat", 32)):
+        write_svhn_mat(data / name, rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), np.arange(n) % 10)
+    out = tmp_path / "run"
+    code, _, err = run(["--dataset", "svhn", "--data-dir", str(data), "--model", "lnet", "--epochs", "1",
+                        "--device", "cpu", "--quiet", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert load_checkpoint(out / "checkpoint.npz").config["dataset"] == "svhn"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--epochs", "0"], "--epochs: must be at least 1"),
+        (["--batch-size", "-3"], "--batch-size: must be at least 1"),
+        (["--lr", "0"], "--lr: must be a positive number"),
+        (["--lr", "fast"], "--lr: expected a number"),
+        (["--model", "resnet"], "invalid choice: 'resnet'"),
+        (["--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["--predict", "x.png"], "--predict needs --checkpoint"),
+        (["--evaluate", "a.npz", "--resume", "b.npz"], "cannot be used together"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "svhn", "--data-dir", "/nonexistent/svhn", "--device", "cpu"], "--download"),
+        (["--evaluate", "/nonexistent/best.npz", "--device", "cpu"], "does not exist"),
+    ],
+)
+def test_user_errors_are_one_line(argv, message, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_unreadable_image_and_wrong_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    run(SMALL + ["--epochs", "1", "--out", str(out)], capsys)
+    (tmp_path / "note.png").write_text("not an image")
+    code, _, err = run(["--predict", str(tmp_path / "note.png"), "--checkpoint", str(out / "best.npz"), "--device", "cpu"], capsys)
+    assert code == 2 and "cannot read image" in err and "PNG or JPEG" in err
+    code, _, err = run(["--resume", str(out / "checkpoint.npz"), "--model", "lnet", "--epochs", "2", "--device", "cpu"], capsys)
+    assert code == 2 and "checkpoint of model 'mlp', not 'lnet'" in err
+
+
+def test_cuda_without_cupy_is_one_clear_line(capsys):
+    pytest.importorskip("array_api_strict")
+    try:
+        import cupy  # noqa: F401
+
+        pytest.skip("CuPy is installed here")
+    except ImportError:
+        pass
+    code, _, err = run(SMALL[2:] + ["--device", "cuda", "--epochs", "1"], capsys)
+    assert code == 2 and err.startswith("error: device 'cuda' needs CuPy") and "pip install" in err
