@@ -5,18 +5,18 @@ from .base import Layer
 
 
 class ReLU(Layer):
-    """``y = max(x, 0)``, any shape. Backward: ``dx = dy`` where ``x > 0``, else 0."""
+    """``y = max(x, 0)``, any shape. Backward: ``dx = dy`` where ``y > 0``, else 0."""
 
     def forward(self, x):
         self._check_input(x)
-        positive = x > 0
-        zeros = self.xp.zeros_like(x)
-        self._cache = positive if self.training else None
-        return self.xp.where(positive, x, zeros)
+        y = self.xp.maximum(x, self.xp.zeros((), dtype=x.dtype))
+        self._cache = y if self.training else None
+        return y
 
     def backward(self, dy):
-        positive = self._saved()
-        return self.xp.where(positive, dy, self.xp.zeros_like(dy))
+        y = self._saved()
+        # multiplying by the 0/1 mask is faster than xp.where on NumPy
+        return dy * self.xp.astype(y > 0, dy.dtype)
 
 
 class Flatten(Layer):

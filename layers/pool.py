@@ -11,9 +11,11 @@ class MaxPool2D(Layer):
     Shapes: x (N, C, H, W) → y (N, C, OH, OW), ``OH = (H - kh) // sh + 1`` (likewise OW);
     stride defaults to the kernel size; windows may overlap (stride < kernel).
 
-    Forward keeps, for each output, which kernel position held the maximum (the first
-    one in row-major window order when several are equal, as in PyTorch). Backward sends
-    each dy to that one input element; overlapping windows add up.
+    Forward takes the element-wise maximum of the kh·kw strided views of x (one view per
+    kernel position). Backward sends each dy to one input element: walking the kernel
+    positions in row-major order, the first one whose value equals the maximum takes
+    what is left of dy (as in PyTorch, ties go to the first maximum); overlapping
+    windows add up.
     """
 
     def __init__(self, kernel_size, stride=None):
@@ -34,30 +36,36 @@ class MaxPool2D(Layer):
             raise ValueError(f"{self!r}: input {tuple(x.shape)} is smaller than the {kh}x{kw} window")
         _, _, oh, ow = self.output_shape(tuple(x.shape))
         best = None
-        for i, j, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
+        for _, _, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
             window = x[:, :, rows, columns]
-            position = xp.asarray(i * kw + j, dtype=xp.int8 if kh * kw < 128 else xp.int32)
-            if best is None:
-                best, argmax = window, xp.zeros(window.shape, dtype=position.dtype)
-                continue
-            larger = window > best  # strictly larger: ties keep the first maximum
-            best = xp.where(larger, window, best)
-            argmax = xp.where(larger, position, argmax)
-        if best is x or kh * kw == 1:
-            best = xp.asarray(best, copy=True)
-        self._cache = (argmax, tuple(x.shape)) if self.training else None
+            best = xp.asarray(window, copy=True) if best is None else xp.maximum(best, window)
+        self._cache = (x, best) if self.training else None
         return best
 
     def backward(self, dy):
         xp = self.xp
-        argmax, shape = self._saved()
-        _, kw = self.kernel_size
+        x, best = self._saved()
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
         oh, ow = dy.shape[2], dy.shape[3]
-        dx = xp.zeros(shape, dtype=dy.dtype)
-        zeros = xp.zeros_like(dy)
-        for i, j, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
-            position = xp.asarray(i * kw + j, dtype=argmax.dtype)
-            dx[:, :, rows, columns] += xp.where(argmax == position, dy, zeros)
+        # Without overlap, every input element is written at most once: plain assignment
+        # into an uninitialised array, unless some rows/columns belong to no window.
+        tiles = (sh, sw) == (kh, kw)
+        covers_all = tiles and x.shape[2] == oh * kh and x.shape[3] == ow * kw
+        dx = xp.empty(x.shape, dtype=dy.dtype) if covers_all else xp.zeros(x.shape, dtype=dy.dtype)
+        remaining = dy
+        last = kh * kw - 1
+        for position, (_, _, rows, columns) in enumerate(window_slices(self.kernel_size, self.stride, oh, ow)):
+            if position == last:
+                part = remaining  # no earlier position held the maximum, so this one does
+            else:
+                # 1 where this position is the maximum; multiplying is faster than where()
+                hit = xp.astype(x[:, :, rows, columns] == best, dy.dtype)
+                part = remaining * hit
+                remaining = remaining - part
+            if tiles:
+                dx[:, :, rows, columns] = part
+            else:
+                dx[:, :, rows, columns] += part
         return dx
 
     def extra_repr(self) -> str:
