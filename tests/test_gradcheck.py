@@ -55,6 +55,8 @@ CONV_CASES = [
     (3, 2, (3, 1), (2, 1), (0, 1), (7, 5), 1, True),
     (2, 2, 5, 1, 2, (6, 6), 1, False),
     (2, 3, 4, 3, 2, (9, 10), 2, True),
+    (2, 2, 2, 3, 1, (8, 7), 2, True),  # stride larger than the kernel
+    (3, 2, 1, 2, 0, (5, 6), 1, True),  # 1x1 kernel
 ]
 
 
