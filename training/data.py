@@ -1,0 +1,223 @@
+"""Datasets on the host: the ImageSet container and the SVHN cropped-digit files.
+
+SVHN ("Street View House Numbers", format 2) comes as MATLAB files ``train_32x32.mat``,
+``test_32x32.mat`` and optionally ``extra_32x32.mat``. Each holds
+
+    X  (32, 32, 3, N) uint8   images as (row, column, channel, index), MATLAB's layout
+    y  (N, 1)                 labels 1..10, where 10 stands for the digit 0
+
+xpnet keeps images as (N, 3, 32, 32) uint8 (NCHW, like PyTorch) and labels as int64
+0..9 on the host; the DataLoader turns batches into normalised float32 on the device.
+
+>>> train, test = load_svhn("data/svhn")
+>>> train.images.shape, train.labels.dtype
+((73257, 3, 32, 32), dtype('int64'))
+
+The loader and the normalisation statistics live in ``training.data_loader`` and are
+re-exported here, so ``from training.data import DataLoader, channel_stats`` works.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+SVHN_SPLIT_FILES = {
+    "train": "train_32x32.mat",
+    "test": "test_32x32.mat",
+    "extra": "extra_32x32.mat",
+}
+IMAGE_SHAPE = (3, 32, 32)
+NUM_CLASSES = 10
+
+# MATLAB v7.3 files are HDF5 files with a 512-byte MATLAB header in front.
+_HDF5_SIGNATURE = b"\x89HDF"
+_HDF5_OFFSET = 512
+
+_FIX_HINT = "run with --download to fetch the official files, or use --dataset synthetic to train on the built-in set"
+
+
+@dataclass
+class ImageSet:
+    """A labelled image set on the host.
+
+    images: (N, 3, 32, 32) uint8 NumPy array, C-contiguous (NCHW).
+    labels: (N,) int64 NumPy array with class indices 0..9.
+    name:   a short description, e.g. ``"svhn-train"``.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    name: str = "images"
+
+    def __post_init__(self) -> None:
+        images, labels = self.images, self.labels
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE:
+            raise DataError(
+                f"{self.name}: images must be a uint8 NumPy array of shape (N, 3, 32, 32), "
+                f"got {_describe(images)}"
+            )
+        if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype != np.int64:
+            raise DataError(f"{self.name}: labels must be an int64 NumPy array of shape (N,), got {_describe(labels)}")
+        if len(images) != len(labels):
+            raise DataError(f"{self.name}: {len(images)} images but {len(labels)} labels; they must match one to one")
+        if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
+            raise DataError(
+                f"{self.name}: labels must lie in 0..{NUM_CLASSES - 1}, found {labels.min()}..{labels.max()}"
+            )
+        self.images = np.ascontiguousarray(images)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __repr__(self) -> str:
+        return f"ImageSet({self.name!r}, {len(self)} images)"
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array of shape {value.shape}"
+    return type(value).__name__
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read one SVHN format-2 ``*_32x32.mat`` file.
+
+    Returns ``(images, labels)``: images (N, 3, 32, 32) uint8 C-contiguous, labels (N,)
+    int64 in 0..9 (the file's label 10 becomes 0). Raises DataError, saying what is wrong
+    with the file and what to do, when the file is missing, corrupt or not in this format.
+    """
+    import scipy.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"SVHN file {path} not found; {_FIX_HINT}")
+    if _is_hdf5(path):
+        raise DataError(_hdf5_message(path))
+    try:
+        contents = scipy.io.loadmat(str(path))
+    except NotImplementedError:  # scipy's answer to MATLAB v7.3 (HDF5) files
+        raise DataError(_hdf5_message(path)) from None
+    except Exception as exc:  # truncated or corrupt: loadmat raises many kinds of error
+        raise DataError(
+            f"{path} could not be read as a MATLAB .mat file ({type(exc).__name__}: {exc}); "
+            f"it is probably truncated or corrupt: delete it and run with --download to fetch it again"
+        ) from exc
+
+    missing = [key for key in ("X", "y") if key not in contents]
+    if missing:
+        found = sorted(k for k in contents if not k.startswith("__"))
+        raise DataError(
+            f"{path} has no variable {' or '.join(missing)} (found: {', '.join(found) or 'none'}); "
+            f"SVHN cropped-digit files hold X (32, 32, 3, N) uint8 and y (N, 1) labels 1..10"
+        )
+    images = _images_from_mat(path, contents["X"])
+    labels = _labels_from_mat(path, contents["y"])
+    if len(images) != len(labels):
+        raise DataError(
+            f"{path} holds {len(images)} images but {len(labels)} labels; the file is damaged: "
+            f"delete it and run with --download"
+        )
+    return images, labels
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(_HDF5_OFFSET)
+        return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+
+
+def _hdf5_message(path: Path) -> str:
+    return (
+        f"{path} is a MATLAB v7.3 (HDF5) file, such as SVHN's format-1 digitStruct.mat; "
+        f"xpnet needs the format-2 cropped-digit files train_32x32.mat and test_32x32.mat "
+        f"(*_32x32.mat): {_FIX_HINT}"
+    )
+
+
+def _images_from_mat(path: Path, x: np.ndarray) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
+        raise DataError(
+            f"{path}: X must be a uint8 array of shape (32, 32, 3, N), got {_describe(x)}; "
+            f"is this an SVHN cropped-digit (*_32x32.mat) file?"
+        )
+    # (row, column, channel, index) -> (index, channel, row, column)
+    return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
+
+
+def _labels_from_mat(path: Path, y: np.ndarray) -> np.ndarray:
+    if not isinstance(y, np.ndarray) or y.ndim != 2 or 1 not in y.shape or y.dtype.kind not in "uif":
+        raise DataError(f"{path}: y must be a numeric array of shape (N, 1), got {_describe(y)}")
+    y = y.reshape(-1)
+    bad = (y != np.round(y)) | (y < 1) | (y > 10)  # NaN counts as bad too
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}: labels must be whole numbers 1..10 (10 meaning the digit 0), "
+            f"but {int(bad.sum())} are not, the first at index {first} is {y[first]!r}; the file is not a valid SVHN file"
+        )
+    return y.astype(np.int64) % 10  # 10 -> 0, the others unchanged
+
+
+def write_svhn_mat(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, compress: bool = False) -> None:
+    """Write images and labels as a genuine SVHN format-2 .mat file.
+
+    images: (N, 3, 32, 32) uint8; labels: (N,) integers 0..9. The file holds
+    X (32, 32, 3, N) uint8 and y (N, 1) uint8 with 10 for the digit 0, exactly like the
+    official files, so ``read_svhn_mat`` gives back the same arrays.
+    """
+    import scipy.io
+
+    data = ImageSet(np.asarray(images), np.asarray(labels).astype(np.int64, copy=False), name=str(path))
+    x = data.images.transpose(2, 3, 1, 0)  # (N, C, H, W) -> (H, W, C, N)
+    y = np.where(data.labels == 0, 10, data.labels).astype(np.uint8).reshape(-1, 1)
+    scipy.io.savemat(str(path), {"X": x, "y": y}, do_compression=compress)
+
+
+def load_svhn(data_dir: str | os.PathLike, extra: bool = False) -> tuple[ImageSet, ImageSet]:
+    """Load SVHN's train and test splits from ``data_dir``.
+
+    With ``extra=True`` the 531,131 images of ``extra_32x32.mat`` are appended to the
+    training set. Returns ``(train, test)`` ImageSets; raises DataError naming the missing
+    file (or folder) and how to get it.
+    """
+    data_dir = Path(data_dir).expanduser()
+    if not data_dir.is_dir():
+        raise DataError(
+            f"SVHN folder {data_dir} does not exist; it should hold train_32x32.mat and test_32x32.mat: {_FIX_HINT}"
+        )
+    needed = ["train", "test"] + (["extra"] if extra else [])
+    missing = [SVHN_SPLIT_FILES[s] for s in needed if not (data_dir / SVHN_SPLIT_FILES[s]).is_file()]
+    if missing:
+        raise DataError(f"SVHN file(s) {', '.join(missing)} not found in {data_dir}; {_FIX_HINT}")
+
+    train_x, train_y = read_svhn_mat(data_dir / SVHN_SPLIT_FILES["train"])
+    test_x, test_y = read_svhn_mat(data_dir / SVHN_SPLIT_FILES["test"])
+    name = "svhn-train"
+    if extra:
+        extra_x, extra_y = read_svhn_mat(data_dir / SVHN_SPLIT_FILES["extra"])
+        train_x, train_y = np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])
+        name = "svhn-train+extra"
+    return ImageSet(train_x, train_y, name), ImageSet(test_x, test_y, "svhn-test")
+
+
+# Re-exported so that ``from training.data import DataLoader`` works.
+from .data_loader import DataLoader, channel_stats  # noqa: E402
+
+__all__ = [
+    "DataLoader",
+    "ImageSet",
+    "NUM_CLASSES",
+    "SVHN_SPLIT_FILES",
+    "channel_stats",
+    "load_svhn",
+    "read_svhn_mat",
+    "write_svhn_mat",
+]
