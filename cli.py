@@ -15,6 +15,7 @@ import argparse
 import json
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,6 +51,16 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
     return value
 
 
@@ -95,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--weight-decay", type=non_negative_float, default=None, help="default 0 (1e-2 for adamw)")
     optim.add_argument("--epochs", type=positive_int, default=None, help=f"total epochs, also when resuming (default {DEFAULTS['epochs']})")
     optim.add_argument("--batch-size", type=positive_int, default=None, help=f"default {DEFAULTS['batch_size']}")
-    optim.add_argument("--seed", type=int, default=None, help="seed of the weights, the shuffling and the synthetic data (default 0)")
+    optim.add_argument("--seed", type=non_negative_int, default=None, help="seed of the weights, the shuffling and the synthetic data (default 0)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=["synthetic", "svhn"], default=None, help="default synthetic (built in, no download)")
@@ -201,7 +212,14 @@ def train(args: argparse.Namespace, log) -> int:
     start_epoch, history = 0, []
     if checkpoint is not None:
         checkpoint.restore_model(model, backend)
-        checkpoint.restore_optimizer(optimizer)
+        checkpoint.restore_optimizer(optimizer)  # the saved hyperparameters too, as torch does ...
+        for name in ("lr", "weight_decay"):  # ... but a flag given now wins, e.g. a smaller --lr after divergence
+            if getattr(args, name) is not None:
+                setattr(optimizer, name, getattr(args, name))
+        saved_momentum = getattr(optimizer, "momentum", None)
+        if args.momentum is not None and saved_momentum is not None and args.momentum != saved_momentum:
+            raise XpnetError(f"{args.resume} was trained with --momentum {saved_momentum}; momentum cannot change "
+                             f"when resuming (its buffers depend on it): leave out --momentum")
         start_epoch, history = checkpoint.epoch, list(checkpoint.history)
         if start_epoch >= config["epochs"]:
             raise XpnetError(
@@ -214,6 +232,11 @@ def train(args: argparse.Namespace, log) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise XpnetError(f"cannot create the output folder {out}: {exc.strerror or exc}; choose another with --out") from exc
+    try:  # find out now, not after the first epoch
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise XpnetError(f"the output folder {out} is not writable: {exc.strerror or exc}; choose another with --out") from exc
 
     config.update(device=backend.name)
     train_loader = DataLoader(train_set.images, train_set.labels, config["batch_size"], backend, mean, std,
@@ -228,9 +251,14 @@ def train(args: argparse.Namespace, log) -> int:
     trainer = Trainer(model, optimizer, backend, out_dir=out, config=config, progress=not args.quiet,
                       log=log if not args.quiet else (lambda message: None))
     trainer.history = history
-    trainer.fit(train_loader, test_loader, config["epochs"], start_epoch=start_epoch)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging loss gets one clear error instead
+        trainer.fit(train_loader, test_loader, config["epochs"], start_epoch=start_epoch)
     if trainer.interrupted:
-        log(f"stopped early; continue with: python cli.py --resume {out / 'checkpoint.npz'} --epochs {config['epochs']}")
+        if trainer.checkpoint_epoch:
+            print(f"interrupted: {out / 'checkpoint.npz'} holds epoch {trainer.checkpoint_epoch}; continue with: "
+                  f"python cli.py --resume {out / 'checkpoint.npz'} --epochs {config['epochs']}", file=sys.stderr)
+        else:
+            print(f"interrupted before an epoch ended; nothing new was saved in {out}", file=sys.stderr)
         return 130
     best = max(trainer.history, key=lambda row: row["test_acc"])
     final = trainer.history[-1]

@@ -47,18 +47,23 @@ def _strict() -> Backend:
 def _cuda() -> Backend:
     try:
         import cupy
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
+        if exc.name != "cupy":  # CuPy is there but one of its own dependencies is not
+            raise BackendUnavailableError(
+                f"device 'cuda': CuPy is installed but failed to import ({_one_line(exc)}); "
+                f"reinstall it: {CUDA_INSTALL_HINT}"
+            ) from exc
         raise BackendUnavailableError(f"device 'cuda' needs CuPy, which is not installed: {CUDA_INSTALL_HINT}") from exc
-    except Exception as exc:  # CuPy installed but broken (wrong CUDA wheel, missing libraries)
+    except Exception as exc:  # CuPy installed but broken (wrong CUDA wheel, missing CUDA libraries)
         raise BackendUnavailableError(
-            f"device 'cuda': CuPy is installed but failed to import ({type(exc).__name__}: {exc}); "
+            f"device 'cuda': CuPy is installed but failed to import ({_one_line(exc)}); "
             f"reinstall the CuPy wheel that matches your CUDA driver, or run with --device cpu"
         ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
         raise BackendUnavailableError(
-            f"device 'cuda': the CUDA driver could not be used ({type(exc).__name__}: {exc}); "
+            f"device 'cuda': the CUDA driver could not be used ({_one_line(exc)}); "
             "check that the NVIDIA driver is installed and `nvidia-smi` works, or run with --device cpu"
         ) from exc
     if count == 0:
@@ -67,7 +72,7 @@ def _cuda() -> Backend:
         cupy.zeros(1).sum().item()  # fails here, not mid-training, if kernels cannot run
     except Exception as exc:
         raise BackendUnavailableError(
-            f"device 'cuda': a GPU was found but a test kernel failed ({type(exc).__name__}: {exc}); "
+            f"device 'cuda': a GPU was found but a test kernel failed ({_one_line(exc)}); "
             "the CuPy wheel probably does not match the CUDA driver: " + CUDA_INSTALL_HINT
         ) from exc
     import array_api_compat.cupy as xp
@@ -80,6 +85,17 @@ def _cuda() -> Backend:
         _to_host=cupy.asnumpy,
         _synchronize=lambda: cupy.cuda.get_current_stream().synchronize(),
     )
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line; of CuPy's long import banner only the original error."""
+    text = str(exc)
+    if "Original error:" in text:
+        text = text.split("Original error:", 1)[1]
+    else:
+        text = f"{type(exc).__name__}: {text}"
+    text = " ".join(word for word in text.split() if word.strip("="))  # no line breaks, no ==== rules
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 _FACTORIES = {"cpu": _cpu, "cuda": _cuda, "strict": _strict}

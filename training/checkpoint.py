@@ -155,7 +155,7 @@ class Checkpoint:
         state = {"optimizer": saved["name"], "hyper": saved["hyper"], "num_params": saved["num_params"], "state": self.optim}
         try:
             optimizer.load_state_dict(state)
-        except ValueError as exc:
+        except (ValueError, TypeError, KeyError) as exc:  # TypeError, KeyError: malformed saved state
             raise CheckpointError(f"{self.path}: {exc}; resume with the same --optimizer") from exc
 
 
@@ -183,14 +183,14 @@ def load_checkpoint(path) -> Checkpoint:
 def _parse(path: Path, contents: dict[str, np.ndarray]) -> Checkpoint:
     if "meta" not in contents:
         raise CheckpointError(f"{path} is an .npz file but not an xpnet checkpoint (no 'meta' entry)")
+    for name, value in contents.items():
+        if not isinstance(value, np.ndarray):  # NpzFile hands out members not named *.npy as bytes
+            raise CheckpointError(f"{path} has an entry {name!r} that is not a NumPy array; it is not an xpnet checkpoint")
     try:
-        meta = json.loads(str(contents["meta"]))
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-        parameter_shapes = meta["parameters"]
-        str(meta["model"]), int(meta["epoch"])
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        meta = _checked_meta(contents["meta"])
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise CheckpointError(f"{path} has an unreadable header ({exc}); it is not an xpnet checkpoint of this version") from exc
+    parameter_shapes = meta["parameters"]
     params, optim = {}, {}
     for name, array in contents.items():
         if name.startswith("param/"):
@@ -207,3 +207,33 @@ def _parse(path: Path, contents: dict[str, np.ndarray]) -> Checkpoint:
         if array.dtype.kind != "f":
             raise CheckpointError(f"{path}: parameter {name} has dtype {array.dtype}, expected a float array")
     return Checkpoint(path, meta, params, optim)
+
+
+def _checked_meta(array: np.ndarray) -> dict:
+    """The header as a dict, every field that is used later of the type it must have."""
+    if array.shape != () or array.dtype.kind != "U":
+        raise ValueError(f"'meta' must be a text scalar, got a {array.dtype} array of shape {array.shape}")
+    meta = json.loads(str(array))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise ValueError(f"unsupported format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+
+    def check(condition: bool, what: str) -> None:
+        if not condition:
+            raise ValueError(what)
+
+    def is_count(value) -> bool:
+        return type(value) is int and value >= 0
+
+    shapes = meta["parameters"]
+    check(isinstance(shapes, dict) and all(isinstance(shape, list) and all(map(is_count, shape)) for shape in shapes.values()),
+          "'parameters' must map names to shapes")
+    check(isinstance(meta["model"], str), "'model' must be a name")
+    check(is_count(meta["epoch"]), "'epoch' must be a whole number")
+    check(isinstance(meta.get("config", {}), dict), "'config' must be an object")
+    check(isinstance(meta.get("history", []), list) and all(isinstance(row, dict) for row in meta.get("history", [])),
+          "'history' must be a list of objects")
+    optimizer = meta.get("optimizer")
+    check(optimizer is None or (isinstance(optimizer, dict) and isinstance(optimizer.get("name"), str)
+                                and isinstance(optimizer.get("hyper"), dict) and is_count(optimizer.get("num_params"))),
+          "'optimizer' must hold name, hyper and num_params")
+    return meta

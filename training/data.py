@@ -19,6 +19,8 @@ re-exported here, so ``from training.data import DataLoader, channel_stats`` wor
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,6 +103,7 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"SVHN file {path} not found; {_FIX_HINT}")
     if _is_hdf5(path):
         raise DataError(_hdf5_message(path))
+    _check_mat_v5(path)  # scipy's reader can crash the interpreter on a corrupt file
     try:
         contents = scipy.io.loadmat(str(path))
     except NotImplementedError:  # scipy's answer to MATLAB v7.3 (HDF5) files
@@ -126,6 +129,86 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"delete it and run with --download"
         )
     return images, labels
+
+
+_MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 1, 5, 6, 14, 15, 16
+# element type codes of numeric data -> bytes per value (miINT8 .. miUINT64)
+_MI_ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8}
+_MX_NUMERIC = range(6, 16)  # mxDOUBLE_CLASS .. mxUINT64_CLASS
+_HEAD_BYTES = 1024  # enough for the flags, dims, name and data tag of any sane variable
+_REFETCH = "delete it and run with --download to fetch it again"
+
+
+def _check_mat_v5(path: Path) -> None:
+    """Refuse a MATLAB v5 file that scipy.io.loadmat could crash on, before it reads it.
+
+    scipy's v5 reader is not hardened against corrupt files: a data element whose type code
+    is out of range makes it index past its type table and crash the interpreter (a
+    segmentation fault, which no ``except`` catches; see scipy gh-25349). SVHN files hold
+    only plain numeric arrays, so the header of every variable is checked here: numeric
+    class, not complex, and a data element of a numeric type whose size matches the
+    dimensions. Only the first bytes of each variable are read (and decompressed).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header = f.read(128)
+        if len(header) < 128 or 0 in header[:4] or header[126:128] not in (b"IM", b"MI"):
+            return  # not v5 (v4 files have no header; scipy reads them in plain Python)
+        endian = "<" if header[126:128] == b"IM" else ">"
+        if struct.unpack(endian + "H", header[124:126])[0] != 0x0100:
+            return  # v7.3 (HDF5) or unknown: scipy refuses those itself
+        position = 128
+        while position + 8 <= size:
+            f.seek(position)
+            mdtype, nbytes = struct.unpack(endian + "II", f.read(8))
+            if mdtype == _MI_COMPRESSED:
+                try:
+                    head = zlib.decompressobj().decompress(f.read(min(nbytes, 64 * 1024)), _HEAD_BYTES)
+                except zlib.error as exc:
+                    raise DataError(f"{path} is corrupt (compressed variable at byte {position}: {exc}); {_REFETCH}") from None
+            elif mdtype == _MI_MATRIX:
+                head = struct.pack(endian + "II", mdtype, nbytes) + f.read(min(nbytes, _HEAD_BYTES))
+            else:
+                raise DataError(f"{path} is corrupt: unexpected element type {mdtype} at byte {position}; {_REFETCH}")
+            _check_matrix_head(path, head, endian, position)
+            position += 8 + nbytes
+
+
+def _check_matrix_head(path: Path, head: bytes, endian: str, position: int) -> None:
+    def fail(what: str):
+        return DataError(f"{path} is corrupt or not an SVHN file: the variable at byte {position} {what}; {_REFETCH}")
+
+    def element(offset: int):  # -> (type code, byte count, data offset, next offset)
+        if offset + 8 > len(head):
+            raise fail("is truncated")
+        word, count = struct.unpack_from(endian + "II", head, offset)
+        if word >> 16:  # small data element: type and count share the first 4 bytes
+            return word & 0xFFFF, word >> 16, offset + 4, offset + 8
+        return word, count, offset + 8, offset + 8 + count + (-count % 8)
+
+    mdtype, nbytes, offset, _ = element(0)
+    if mdtype != _MI_MATRIX:
+        raise fail(f"has element type {mdtype}, not a matrix")
+    if nbytes == 0:
+        return  # an empty variable
+    mdtype, count, data, offset = element(offset)
+    if mdtype != _MI_UINT32 or count != 8 or data + 8 > len(head):
+        raise fail("has malformed array flags")
+    flags = struct.unpack_from(endian + "I", head, data)[0]
+    if (flags & 0xFF) not in _MX_NUMERIC or flags & 0x800:
+        raise fail(f"is not a real numeric array (MATLAB class {flags & 0xFF})")
+    mdtype, count, data, offset = element(offset)
+    if mdtype not in (_MI_INT32, _MI_UINT32) or count % 4 or not 8 <= count <= 4 * 32 or data + count > len(head):
+        raise fail("has malformed dimensions")
+    dims = struct.unpack_from(f"{endian}{count // 4}i", head, data)
+    if min(dims) < 0:
+        raise fail(f"has negative dimensions {dims}")
+    mdtype, count, data, offset = element(offset)
+    if mdtype not in (_MI_INT8, _MI_UTF8):
+        raise fail("has a malformed name")
+    mdtype, count, data, offset = element(offset)
+    if mdtype not in _MI_ITEMSIZE or count != int(np.prod(dims, dtype=object)) * _MI_ITEMSIZE[mdtype]:
+        raise fail(f"has data of element type {mdtype} and {count} bytes, which does not fit its shape {dims}")
 
 
 def _is_hdf5(path: Path) -> bool:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from layers import CrossEntropyLoss
 
 from .checkpoint import save_checkpoint
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, XpnetError
 from .metrics import confusion_matrix, per_class_accuracy
 from .plots import plot_confusion, plot_curves
 
@@ -56,6 +56,8 @@ class Trainer:
         self.history: list[dict] = []
         self.interrupted = False
         self.last_evaluation: Evaluation | None = None
+        # The epoch that out_dir/checkpoint.npz is known to hold (None: no checkpoint yet).
+        self.checkpoint_epoch: int | None = None
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader, test_loader, epochs: int, start_epoch: int = 0) -> list[dict]:
@@ -63,12 +65,17 @@ class Trainer:
 
         Ctrl-C (or SIGTERM, which the CLI turns into KeyboardInterrupt) stops at once;
         the checkpoint of the last completed epoch stays, and ``self.interrupted`` is set.
+        A loss that becomes NaN or infinite raises TrainingDiverged before anything of that
+        epoch is saved, so ``checkpoint.npz`` keeps the last good epoch.
         """
         self.interrupted = False
+        resumed_here = start_epoch > 0 and self.out_dir is not None and (self.out_dir / "checkpoint.npz").is_file()
+        self.checkpoint_epoch = start_epoch if resumed_here else None
         try:
             for epoch in range(start_epoch + 1, epochs + 1):
                 row = self._train_epoch(train_loader, epoch, epochs)
                 evaluation = self.evaluate(test_loader)
+                self._check_finite(evaluation.loss, epoch, None)
                 row.update(test_loss=evaluation.loss, test_acc=evaluation.accuracy)
                 self.history.append(row)
                 self.last_evaluation = evaluation
@@ -82,7 +89,10 @@ class Trainer:
         except KeyboardInterrupt:
             self.interrupted = True
             done = self.history[-1]["epoch"] if self.history else start_epoch
-            where = f"; {self.out_dir / 'checkpoint.npz'} holds epoch {done}" if self.out_dir is not None and done else ""
+            where = ""
+            if self.out_dir is not None:
+                where = (f"; {self.out_dir / 'checkpoint.npz'} holds epoch {self.checkpoint_epoch}"
+                         if self.checkpoint_epoch else "; no checkpoint was saved")
             self.log(f"interrupted during epoch {done + 1}{where}")
         return self.history
 
@@ -125,15 +135,21 @@ class Trainer:
             "seconds": seconds,
         }
 
-    def _check_finite(self, value: float, epoch: int, step: int) -> None:
+    def _check_finite(self, value: float, epoch: int, step: int | None) -> None:
+        """Raise TrainingDiverged for a NaN/infinite loss (``step`` None: the test loss)."""
         if math.isfinite(value):
             return
-        kept = ""
-        if self.out_dir is not None and (self.out_dir / "checkpoint.npz").exists():
-            kept = f"; the last good checkpoint, {self.out_dir / 'checkpoint.npz'}, is intact"
+        if self.out_dir is None:
+            kept = ""
+        elif self.checkpoint_epoch:
+            kept = f"; the last good checkpoint, {self.out_dir / 'checkpoint.npz'} (epoch {self.checkpoint_epoch}), is intact"
+        else:
+            kept = "; no checkpoint was saved"
+        where = f"the training loss became {value} at epoch {epoch}, step {step}" if step is not None else \
+            f"the test loss became {value} after epoch {epoch}"
         raise TrainingDiverged(
-            f"the training loss became {value} at epoch {epoch}, step {step}: the learning rate "
-            f"(lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; try a smaller --lr{kept}"
+            f"{where}: the learning rate (lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; "
+            f"try a smaller --lr{kept}"
         )
 
     # -- evaluation -------------------------------------------------------------------------
@@ -168,12 +184,24 @@ class Trainer:
         arguments = dict(model=self.model, optimizer=self.optimizer, epoch=epoch, backend=self.backend,
                          config=self.config, history=self.history)
         save_checkpoint(out / "checkpoint.npz", **arguments)
+        self.checkpoint_epoch = epoch
         best_before = max((row["test_acc"] for row in self.history[:-1]), default=-1.0)
         if self.history[-1]["test_acc"] > best_before or not (out / "best.npz").exists():
             save_checkpoint(out / "best.npz", **arguments)
-        write_metrics(out / "metrics.json", self.config, self.history, evaluation)
-        plot_curves(self.history, out / "curves.png")
-        plot_confusion(evaluation.confusion, out / "confusion.png")
+        try:
+            write_metrics(out / "metrics.json", self.config, self.history, evaluation)
+            for plot, data, name in ((plot_curves, self.history, "curves.png"),
+                                     (plot_confusion, evaluation.confusion, "confusion.png")):
+                try:
+                    plot(data, out / name)
+                except OSError as exc:
+                    raise _write_error(out / name, exc) from exc
+        except XpnetError as exc:
+            raise XpnetError(f"{exc} ({out / 'checkpoint.npz'} holds epoch {epoch}; resume from it)") from exc
+
+
+def _write_error(path: Path, exc: OSError) -> XpnetError:
+    return XpnetError(f"cannot write {path}: {exc.strerror or exc}; free some disk space or choose a writable folder with --out")
 
 
 def write_metrics(path: Path, config: dict, history: list[dict], evaluation: Evaluation | None = None) -> None:
@@ -183,12 +211,17 @@ def write_metrics(path: Path, config: dict, history: list[dict], evaluation: Eva
     if evaluation is not None:
         document["per_class_accuracy"] = [None if math.isnan(v) else v for v in per_class_accuracy(evaluation.confusion).tolist()]
         document["confusion"] = evaluation.confusion.tolist()
-    handle, temporary = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             json.dump(document, stream, indent=2)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
