@@ -138,14 +138,21 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy, input_grad: bool = True):
-        """Backpropagate ``dy`` through every layer; returns dL/dx, or None if not ``input_grad``."""
-        for layer in reversed(self.layers[1:]):
+        """Backpropagate ``dy`` through every layer; returns dL/dx, or None if not ``input_grad``.
+
+        Without ``input_grad`` nothing below the first layer with parameters needs a
+        gradient: that layer only sets its parameter gradients (``backward_params``), and
+        the parameter-free layers before it (a Flatten, say) are not run at all.
+        """
+        first = 0
+        if not input_grad:
+            first = next((i for i, layer in enumerate(self.layers) if layer.parameters()), len(self.layers))
+        for layer in reversed(self.layers[first + 1:]):
             dy = layer.backward(dy)
-        if not self.layers:
-            return dy
         if input_grad:
-            return self.layers[0].backward(dy)
-        self.layers[0].backward_params(dy)
+            return self.layers[0].backward(dy) if self.layers else dy
+        if first < len(self.layers):
+            self.layers[first].backward_params(dy)
         return None
 
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:

@@ -269,3 +269,20 @@ def test_summary_lists_layers_shapes_and_parameters():
 def test_parameter_names_are_stable():
     names = [p.name for p in build_model("lnet").parameters()]
     assert names == ["0.weight", "0.bias", "3.weight", "3.bias", "7.weight", "7.bias", "9.weight", "9.bias"]
+
+
+def test_backward_without_input_grad_skips_leading_layers(rng):
+    """MLP starts with Flatten: with input_grad=False the first Linear computes no dx."""
+    model = build_model("mlp", seed=0).to(get_backend("cpu"), "float64")
+    x = rng.standard_normal((2, 3, 32, 32))
+    dy = rng.standard_normal((2, 10))
+    model.forward(x)
+    dx = model.backward(dy)
+    full = [p.grad.copy() for p in model.parameters()]
+    calls = []
+    model.layers[1].backward = lambda d: calls.append("dx") or None
+    model.forward(x)
+    assert model.backward(dy, input_grad=False) is None
+    assert calls == [] and dx.shape == x.shape
+    for expected, parameter in zip(full, model.parameters()):
+        np.testing.assert_array_equal(parameter.grad, expected)
