@@ -232,11 +232,13 @@ class SGD(Optimizer):
         if self.weight_decay != 0:
             g = g + self.weight_decay * p.data
         if self.momentum != 0:
-            if "momentum_buffer" not in state:
-                buf = array_namespace(g).asarray(g, copy=True)  # b_1 = g_1: no dampening yet
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = array_namespace(g).asarray(g, copy=True)  # b_1 = g_1: no dampening yet
             else:
-                buf = self.momentum * state["momentum_buffer"] + (1 - self.dampening) * g
-            state["momentum_buffer"] = buf
+                # in place, as torch does: fresh arrays of a large layer cost more than the arithmetic
+                buf *= self.momentum
+                buf += g if self.dampening == 0 else (1 - self.dampening) * g
             g = g + self.momentum * buf if self.nesterov else buf
         p.data -= self.lr * g
 
@@ -303,15 +305,23 @@ class Adam(Optimizer):
         t = state["step"]
 
         g = self._apply_weight_decay(p, grad)
-        m = state["exp_avg"] = beta1 * state["exp_avg"] + (1 - beta1) * g
-        v = state["exp_avg_sq"] = beta2 * state["exp_avg_sq"] + (1 - beta2) * (g * g)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        # m ← β1 m + (1-β1) g and v ← β2 v + (1-β2) g², in place
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * (g * g)
         if self.amsgrad:
             v = state["max_exp_avg_sq"] = xp.maximum(state["max_exp_avg_sq"], v)
 
         bias_correction1 = 1 - beta1**t
         bias_correction2 = 1 - beta2**t
-        denom = xp.sqrt(v) / math.sqrt(bias_correction2) + self.eps
-        p.data -= (self.lr / bias_correction1) * (m / denom)
+        denom = xp.sqrt(v)
+        denom /= math.sqrt(bias_correction2)
+        denom += self.eps
+        step = m / denom
+        step *= self.lr / bias_correction1
+        p.data -= step
 
 
 class AdamW(Adam):
