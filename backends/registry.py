@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from .base import Backend, BackendUnavailableError
+from .base import Backend, BackendUnavailableError, cpu_threads, single_threaded_blas
 
 BACKEND_NAMES = ("cpu", "cuda", "auto", "strict")
 
@@ -19,7 +19,11 @@ CUDA_INSTALL_HINT = (
 def _cpu() -> Backend:
     import array_api_compat.numpy as xp
 
-    return Backend("cpu", xp, np.ndarray, _to_device=lambda a: a, _to_host=lambda a: a)
+    threads = cpu_threads()
+    backend = Backend("cpu", xp, np.ndarray, _to_device=lambda a: a, _to_host=lambda a: a, threads=threads)
+    if threads > 1:
+        backend.blas_limit = single_threaded_blas()
+    return backend
 
 
 @functools.lru_cache(maxsize=None)

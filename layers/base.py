@@ -21,6 +21,7 @@ class Layer:
         self.dtype = self.xp.float32
         self.training = True
         self._cache = None
+        self._scratch_arrays = {}
 
     # -- the two passes ---------------------------------------------------------------
     def forward(self, x):
@@ -63,6 +64,7 @@ class Layer:
             parameter.grad = None
         self.backend, self.xp, self.dtype = target, target.xp, new_dtype
         self._cache = None
+        self._scratch_arrays = {}
         return self
 
     def train(self) -> "Layer":
@@ -101,6 +103,18 @@ class Layer:
                 f"{self!r} has {_dtype_name(self.dtype)} weights but got a {x.dtype} input; "
                 f"use model.to(backend, dtype='{_dtype_name(x.dtype)}') or cast the input"
             )
+
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype):
+        """A work array of ``shape`` kept from call to call (contents undefined).
+
+        Allocating a large array each step costs more than filling it: the operating
+        system hands out fresh, zeroed pages every time. Only for arrays the layer keeps
+        to itself; never for what it returns.
+        """
+        array = self._scratch_arrays.get(name)
+        if array is None or tuple(array.shape) != tuple(shape) or array.dtype != dtype:
+            array = self._scratch_arrays[name] = self.xp.empty(shape, dtype=dtype)
+        return array
 
     def _saved(self):
         if self._cache is None:

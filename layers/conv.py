@@ -50,16 +50,21 @@ class Conv2D(Layer):
             raise ValueError(f"{self!r}: input {h}x{w} with padding {self.padding} is smaller than the kernel {kh}x{kw}")
         _, f, oh, ow = self.output_shape(tuple(x.shape))
 
-        padded = pad_images(xp, x, self.padding)
-        cols = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype)
-        for i, j, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
-            cols[:, :, i, j, :, :] = padded[:, :, rows, columns]
-        cols = xp.reshape(cols, (n, c * kh * kw, oh * ow))
+        k = c * kh * kw
+        weight = xp.reshape(self.weight.data, (f, k))
+        cols = self._scratch("cols", (n, c, kh, kw, oh, ow), x.dtype)  # kept for backward
+        y = xp.empty((n, f, oh * ow), dtype=x.dtype)
 
-        y = xp.matmul(xp.reshape(self.weight.data, (f, c * kh * kw)), cols)  # (N, F, OH·OW)
+        def im2col_and_multiply(part):
+            padded = pad_images(xp, x[part, ...], self.padding)
+            for i, j, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
+                cols[part, :, i, j, :, :] = padded[:, :, rows, columns]
+            y[part, ...] = xp.matmul(weight, xp.reshape(cols[part, ...], (-1, k, oh * ow)))  # (n, F, OH·OW)
+
+        self.backend.map_slices(im2col_and_multiply, n)
         if self.bias is not None:
             y += self.bias.data[:, None]
-        self._cache = (cols, tuple(x.shape)) if self.training else None
+        self._cache = (xp.reshape(cols, (n, k, oh * ow)), tuple(x.shape)) if self.training else None
         return xp.reshape(y, (n, f, oh, ow))
 
     def backward_params(self, dy) -> None:
@@ -69,7 +74,10 @@ class Conv2D(Layer):
         dy = xp.reshape(dy, (n, f, -1))
         # Σ_n dy_n @ cols_nᵀ as one batched matmul and a sum: tensordot over (n, p) would
         # first copy cols into a transposed layout, which costs 7x more here.
-        grad = xp.sum(xp.matmul(dy, cols.mT), axis=0)  # (F, C·kh·kw)
+        partial_sums = self.backend.map_slices(lambda part: xp.sum(xp.matmul(dy[part, ...], cols[part, ...].mT), axis=0), n)
+        grad = partial_sums[0]
+        for partial in partial_sums[1:]:
+            grad = grad + partial  # (F, C·kh·kw)
         self.weight.grad = xp.reshape(grad, self.weight.shape)
         if self.bias is not None:
             self.bias.grad = xp.sum(dy, axis=(0, 2))
@@ -81,13 +89,17 @@ class Conv2D(Layer):
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
         f, oh, ow = dy.shape[1], dy.shape[2], dy.shape[3]
         weight = xp.reshape(self.weight.data, (f, c * kh * kw))
-        dcols = xp.matmul(weight.mT, xp.reshape(dy, (n, f, oh * ow)))  # (N, C·kh·kw, OH·OW)
-        dcols = xp.reshape(dcols, (n, c, kh, kw, oh, ow))
+        dy = xp.reshape(dy, (n, f, oh * ow))
         dpadded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
-        # Within one kernel position the strided slice touches each element once, so
-        # "+=" on the slice is an exact scatter-add.
-        for i, j, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
-            dpadded[:, :, rows, columns] += dcols[:, :, i, j, :, :]
+
+        def multiply_and_col2im(part):
+            dcols = xp.reshape(xp.matmul(weight.mT, dy[part, ...]), (-1, c, kh, kw, oh, ow))
+            # Within one kernel position the strided slice touches each element once, so
+            # "+=" on the slice is an exact scatter-add.
+            for i, j, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
+                dpadded[part, :, rows, columns] += dcols[:, :, i, j, :, :]
+
+        self.backend.map_slices(multiply_and_col2im, n)
         return dpadded[:, :, ph:ph + h, pw:pw + w]
 
     def extra_repr(self) -> str:

@@ -27,7 +27,13 @@ class Linear(Layer):
         if x.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects input (N, {self.in_features}), got {tuple(x.shape)}")
         self._check_param_dtype(x)
-        y = self.xp.matmul(x, self.weight.data.mT)
+        xp, weight = self.xp, self.weight.data
+        y = xp.empty((x.shape[0], self.out_features), dtype=x.dtype)
+
+        def multiply(part):
+            y[part, ...] = xp.matmul(x[part, ...], weight.mT)
+
+        self.backend.map_slices(multiply, x.shape[0])
         if self.bias is not None:
             y += self.bias.data
         self._cache = x if self.training else None
@@ -35,13 +41,27 @@ class Linear(Layer):
 
     def backward(self, dy):
         self.backward_params(dy)
-        return self.xp.matmul(dy, self.weight.data)
+        xp, weight = self.xp, self.weight.data
+        dx = xp.empty((dy.shape[0], self.in_features), dtype=dy.dtype)
+
+        def multiply(part):
+            dx[part, ...] = xp.matmul(dy[part, ...], weight)
+
+        self.backend.map_slices(multiply, dy.shape[0])
+        return dx
 
     def backward_params(self, dy) -> None:
+        xp = self.xp
         x = self._saved()
-        self.weight.grad = self.xp.matmul(dy.mT, x)
+        grad = xp.empty(self.weight.shape, dtype=dy.dtype)
+
+        def multiply(rows):  # split over output features: each thread owns whole rows of dW
+            grad[rows, ...] = xp.matmul(dy[:, rows].mT, x)
+
+        self.backend.map_slices(multiply, self.out_features)
+        self.weight.grad = grad
         if self.bias is not None:
-            self.bias.grad = self.xp.sum(dy, axis=0)
+            self.bias.grad = xp.sum(dy, axis=0)
 
     def output_shape(self, input_shape):
         return (input_shape[0], self.out_features)

@@ -35,10 +35,16 @@ class MaxPool2D(Layer):
         if x.shape[2] < kh or x.shape[3] < kw:
             raise ValueError(f"{self!r}: input {tuple(x.shape)} is smaller than the {kh}x{kw} window")
         _, _, oh, ow = self.output_shape(tuple(x.shape))
-        best = None
-        for _, _, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
-            window = x[:, :, rows, columns]
-            best = xp.asarray(window, copy=True) if best is None else xp.maximum(best, window)
+        best = xp.empty((x.shape[0], x.shape[1], oh, ow), dtype=x.dtype)
+
+        def pool(part):
+            maximum = None
+            for _, _, rows, columns in window_slices(self.kernel_size, self.stride, oh, ow):
+                window = x[part, :, rows, columns]
+                maximum = window if maximum is None else xp.maximum(maximum, window)
+            best[part, ...] = maximum
+
+        self.backend.map_slices(pool, x.shape[0])
         self._cache = (x, best) if self.training else None
         return best
 
@@ -52,20 +58,24 @@ class MaxPool2D(Layer):
         tiles = (sh, sw) == (kh, kw)
         covers_all = tiles and x.shape[2] == oh * kh and x.shape[3] == ow * kw
         dx = xp.empty(x.shape, dtype=dy.dtype) if covers_all else xp.zeros(x.shape, dtype=dy.dtype)
-        remaining = dy
         last = kh * kw - 1
-        for position, (_, _, rows, columns) in enumerate(window_slices(self.kernel_size, self.stride, oh, ow)):
-            if position == last:
-                part = remaining  # no earlier position held the maximum, so this one does
-            else:
-                # 1 where this position is the maximum; multiplying is faster than where()
-                hit = xp.astype(x[:, :, rows, columns] == best, dy.dtype)
-                part = remaining * hit
-                remaining = remaining - part
-            if tiles:
-                dx[:, :, rows, columns] = part
-            else:
-                dx[:, :, rows, columns] += part
+
+        def route(part):
+            remaining = dy[part, ...]
+            for position, (_, _, rows, columns) in enumerate(window_slices(self.kernel_size, self.stride, oh, ow)):
+                if position == last:
+                    share = remaining  # no earlier position held the maximum, so this one does
+                else:
+                    # 1 where this position is the maximum; multiplying is faster than where()
+                    hit = xp.astype(x[part, :, rows, columns] == best[part, ...], dy.dtype)
+                    share = remaining * hit
+                    remaining = remaining - share
+                if tiles:
+                    dx[part, :, rows, columns] = share
+                else:
+                    dx[part, :, rows, columns] += share
+
+        self.backend.map_slices(route, x.shape[0])
         return dx
 
     def extra_repr(self) -> str:
