@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,10 @@ def train(args: argparse.Namespace, log) -> int:
     trainer = Trainer(model, optimizer, backend, out_dir=out, config=config, progress=not args.quiet,
                       log=log if not args.quiet else (lambda message: None))
     trainer.history = history
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging loss gets one clear error instead
+    # A diverging loss gets one clear error instead of NumPy's overflow warnings, also from
+    # the cpu backend's worker threads (np.errstate only covers the calling thread).
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         trainer.fit(train_loader, test_loader, config["epochs"], start_epoch=start_epoch)
     if trainer.interrupted:
         if trainer.checkpoint_epoch:
