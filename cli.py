@@ -45,44 +45,25 @@ RESUMED_SETTINGS = ("model", "optimizer", "lr", "momentum", "weight_decay", "bat
                     "data_dir", "seed", "dtype", "train_size", "test_size", "extra")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def number_argument(kind: type, minimum: float, inclusive: bool, description: str):
+    """An argparse type: ``kind(text)``, finite and ≥ (or >) ``minimum``, else a usage error."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
+        if not (value >= minimum if inclusive else value > minimum) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be {description}, got {text}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be zero or positive, got {text}")
-    return value
+positive_int = number_argument(int, 1, True, "at least 1")
+non_negative_int = number_argument(int, 0, True, "zero or positive")
+positive_float = number_argument(float, 0.0, False, "a positive number")
+non_negative_float = number_argument(float, 0.0, True, "zero or positive")
 
 
 def build_parser() -> argparse.ArgumentParser:

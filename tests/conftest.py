@@ -43,3 +43,9 @@ def assert_close(actual, expected, dtype: str, what: str = "") -> None:
     scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-3)
     error = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
     assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.3g} > {TOLERANCE[dtype]} ({dtype})"
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """Synthetic data cached in this test's own folder, never in ~/.cache."""
+    monkeypatch.setenv("XPNET_CACHE", str(tmp_path / "cache"))

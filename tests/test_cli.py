@@ -8,20 +8,12 @@ import numpy as np
 import pytest
 
 import cli
+from cli_helpers import SMALL, run
 from training.checkpoint import load_checkpoint
 
-SMALL = ["--device", "cpu", "--model", "mlp", "--train-size", "160", "--test-size", "64", "--batch-size", "32", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XPNET_CACHE", str(tmp_path / "cache"))
-
-
-def run(argv, capsys):
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def test_training_run_writes_all_five_files(tmp_path, capsys):

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cli
+from cli_helpers import SMALL, run
 from backends import get_backend, registry
 from layers import CrossEntropyLoss, Linear
 from models import MLP, build_model
@@ -38,19 +39,10 @@ from training.optim import SGD, Adam
 from training.trainer import Trainer, write_metrics
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL = ["--device", "cpu", "--model", "mlp", "--train-size", "160", "--test-size", "64", "--batch-size", "32", "--quiet"]
 TIMING = {"examples_per_sec", "seconds"}
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XPNET_CACHE", str(tmp_path / "cache"))
-
-
-def run(argv, capsys):
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 def one_error_line(err: str) -> str:
