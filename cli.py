@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", metavar="DIR", help="run folder (default runs/<model>-<timestamp>; when resuming, the checkpoint's folder)")
-    output.add_argument("--quiet", action="store_true", help="no progress bar and no per-epoch lines")
+    output.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines; only the final line (and errors)")
     return parser
 
 
@@ -247,7 +247,7 @@ def train(args: argparse.Namespace, log) -> int:
         return 130
     best = max(trainer.history, key=lambda row: row["test_acc"])
     final = trainer.history[-1]
-    log(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
+    print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
         f"files in {out}: checkpoint.npz best.npz metrics.json curves.png confusion.png")
     return 0
 
