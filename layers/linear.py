@@ -30,10 +30,10 @@ class Linear(Layer):
         xp, weight = self.xp, self.weight.data
         y = xp.empty((x.shape[0], self.out_features), dtype=x.dtype)
 
-        def multiply(part):
-            y[part, ...] = xp.matmul(x[part, ...], weight.mT)
+        def multiply(columns):  # split over output features: as fast as BLAS's own threads here
+            y[:, columns] = xp.matmul(x, weight[columns, ...].mT)
 
-        self.backend.map_slices(multiply, x.shape[0])
+        self.backend.map_slices(multiply, self.out_features)
         if self.bias is not None:
             y += self.bias.data
         self._cache = x if self.training else None
