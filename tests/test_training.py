@@ -25,11 +25,16 @@ def separable_images(rng, n: int):
     return images, labels.astype(np.int64)
 
 
+def separable_loader(rng, n: int, batch_size: int, backend=None):
+    """A DataLoader over ``separable_images``, normalised with their own statistics."""
+    images, labels = separable_images(rng, n)
+    mean, std = channel_stats(images)
+    return DataLoader(images, labels, batch_size, backend or get_backend("cpu"), mean, std, seed=0)
+
+
 def test_lnet_learns_separable_data(backend, rng):
     """A few hundred steps of LNet: the loss falls and accuracy ends far above chance."""
-    images, labels = separable_images(rng, 512)
-    mean, std = channel_stats(images)
-    loader = DataLoader(images, labels, 32, backend, mean, std, seed=0)
+    loader = separable_loader(rng, 512, 32, backend)
     model = build_model("lnet", seed=0).to(backend)
     trainer = Trainer(model, SGD(model.parameters(), lr=0.05, momentum=0.9), backend, progress=False, log=lambda m: None)
     history = trainer.fit(loader, loader, epochs=12 if backend.name != "strict" else 6)
@@ -56,9 +61,7 @@ def test_learning_on_synthetic_digits(tmp_path, monkeypatch):
 
 def test_trainer_history_rows_and_output_files(tmp_path, rng):
     backend = get_backend("cpu")
-    images, labels = separable_images(rng, 96)
-    mean, std = channel_stats(images)
-    loader = DataLoader(images, labels, 32, backend, mean, std)
+    loader = separable_loader(rng, 96, 32)
     model = build_model("mlp", seed=0)
     messages = []
     trainer = Trainer(model, Adam(model.parameters()), backend, out_dir=tmp_path, progress=False, log=messages.append)
@@ -74,9 +77,7 @@ def test_trainer_history_rows_and_output_files(tmp_path, rng):
 
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, rng):
     backend = get_backend("cpu")
-    images, labels = separable_images(rng, 64)
-    mean, std = channel_stats(images)
-    loader = DataLoader(images, labels, 16, backend, mean, std)
+    loader = separable_loader(rng, 64, 16)
     model = build_model("mlp", seed=0)
     optimizer = SGD(model.parameters(), lr=0.01)
     trainer = Trainer(model, optimizer, backend, out_dir=tmp_path, progress=False, log=lambda m: None, refresh_every=1)
