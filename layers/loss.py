@@ -1,6 +1,8 @@
 """CrossEntropyLoss: softmax + negative log-likelihood, from raw logits."""
 from __future__ import annotations
 
+import array_api_compat
+
 
 
 class CrossEntropyLoss:
@@ -65,6 +67,4 @@ class CrossEntropyLoss:
 
 
 def _namespace_of(array):
-    import array_api_compat
-
     return array_api_compat.array_namespace(array)

@@ -132,19 +132,23 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 
 def test_checkpoint_with_another_optimizer_is_refused(tmp_path):
+    path, model, _ = saved_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="saved by Adam, expected SGD"):
+        load_checkpoint(path).restore_optimizer(SGD(model.parameters(), lr=0.1))
+
+
+def saved_checkpoint(folder):
+    """(path, model, optimizer) of a one-step LNet checkpoint written to ``folder``/c.npz."""
     cpu = get_backend("cpu")
     model, optimizer = trained_pair(cpu, steps=1)
-    save_checkpoint(tmp_path / "c.npz", model, optimizer, epoch=1, backend=cpu)
-    with pytest.raises(CheckpointError, match="saved by Adam, expected SGD"):
-        load_checkpoint(tmp_path / "c.npz").restore_optimizer(SGD(model.parameters(), lr=0.1))
+    path = folder / "c.npz"
+    save_checkpoint(path, model, optimizer, epoch=1, backend=cpu)
+    return path, model, optimizer
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing"])
 def test_damaged_checkpoints_are_clear_errors(tmp_path, damage):
-    cpu = get_backend("cpu")
-    model, optimizer = trained_pair(cpu, steps=1)
-    path = tmp_path / "c.npz"
-    save_checkpoint(path, model, optimizer, epoch=1, backend=cpu)
+    path, _, _ = saved_checkpoint(tmp_path)
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
@@ -167,9 +171,7 @@ def test_pickled_checkpoint_is_refused_not_unpickled(tmp_path):
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     cpu = get_backend("cpu")
-    model, optimizer = trained_pair(cpu, steps=1)
-    path = tmp_path / "c.npz"
-    save_checkpoint(path, model, optimizer, epoch=1, backend=cpu)
+    path, model, optimizer = saved_checkpoint(tmp_path)
     before = path.read_bytes()
 
     def disk_full(*args, **kwargs):
