@@ -10,6 +10,7 @@ import numpy as np
 
 FLOAT_DTYPES = ("float32", "float64")
 MIN_ROWS_PER_THREAD = 16  # below this, splitting a batch across threads costs more than it saves
+CPU_TILE_BYTES = 4 * 2**20  # per-thread working set of a batch tile (see Backend.batch_tile)
 
 
 def cpu_threads() -> int:
@@ -79,6 +80,7 @@ class Backend:
     _to_host: Callable[[Any], np.ndarray] = field(repr=False)
     _synchronize: Callable[[], None] = field(repr=False, default=lambda: None)
     threads: int = 1  # CPU threads map_slices may use; 1 on devices that queue their own work
+    tile_bytes: int | None = None  # batch_tile's budget; None: no tiling
     blas_limit: Any = field(default=None, repr=False)  # keeps BLAS single-threaded while threads > 1
 
     def dtype(self, dtype: Any):
@@ -132,6 +134,18 @@ class Backend:
             return [function(slice(0, length))]
         bounds = [length * k // parts for k in range(parts + 1)]
         return list(_thread_pool(parts).map(function, [slice(a, b) for a, b in zip(bounds, bounds[1:])]))
+
+    def batch_tile(self, bytes_per_example: int) -> int | None:
+        """Examples per tile for work that fills a buffer of ``bytes_per_example`` each.
+
+        On the cpu backend, a work buffer (Conv2D's im2col columns) that fits in the
+        cache is written and read back at cache speed instead of memory speed, so such
+        layers go through the batch a few examples at a time. None (no tiling) elsewhere:
+        a GPU does best with the whole batch in each kernel.
+        """
+        if self.tile_bytes is None:
+            return None
+        return max(1, self.tile_bytes // max(1, bytes_per_example))
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"

@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from .base import Backend, BackendUnavailableError, cpu_threads, single_threaded_blas
+from .base import CPU_TILE_BYTES, Backend, BackendUnavailableError, cpu_threads, single_threaded_blas
 
 BACKEND_NAMES = ("cpu", "cuda", "auto", "strict")
 
@@ -20,7 +20,8 @@ def _cpu() -> Backend:
     import array_api_compat.numpy as xp
 
     threads = cpu_threads()
-    backend = Backend("cpu", xp, np.ndarray, _to_device=lambda a: a, _to_host=lambda a: a, threads=threads)
+    backend = Backend("cpu", xp, np.ndarray, _to_device=lambda a: a, _to_host=lambda a: a, threads=threads,
+                      tile_bytes=CPU_TILE_BYTES)
     if threads > 1:
         backend.blas_limit = single_threaded_blas()
     return backend

@@ -104,16 +104,19 @@ class Layer:
                 f"use model.to(backend, dtype='{_dtype_name(x.dtype)}') or cast the input"
             )
 
-    def _scratch(self, name: str, shape: tuple[int, ...], dtype):
-        """A work array of ``shape`` kept from call to call (contents undefined).
+    def _scratch(self, name: str, shape: tuple[int, ...], dtype, zeroed: bool = False):
+        """A work array of ``shape`` kept from call to call.
 
         Allocating a large array each step costs more than filling it: the operating
         system hands out fresh, zeroed pages every time. Only for arrays the layer keeps
-        to itself; never for what it returns.
+        to itself; never for what it returns. Contents are whatever the last call left,
+        except that with ``zeroed`` a newly allocated array starts as zeros (for
+        callers that never write some region and need it to stay zero).
         """
         array = self._scratch_arrays.get(name)
         if array is None or tuple(array.shape) != tuple(shape) or array.dtype != dtype:
-            array = self._scratch_arrays[name] = self.xp.empty(shape, dtype=dtype)
+            allocate = self.xp.zeros if zeroed else self.xp.empty
+            array = self._scratch_arrays[name] = allocate(shape, dtype=dtype)
         return array
 
     def _saved(self):

@@ -293,30 +293,33 @@ def test_backward_without_input_grad_skips_leading_layers(rng):
     [
         (lambda rng: Conv2D(3, 4, 3, stride=2, padding=1, rng=rng), (40, 3, 9, 9)),
         (lambda rng: Conv2D(2, 3, 5, padding=2, rng=rng), (33, 2, 8, 8)),
+        (lambda rng: Conv2D(2, 3, (2, 3), stride=(3, 2), rng=rng), (34, 2, 10, 7)),
         (lambda rng: MaxPool2D(2), (40, 3, 8, 8)),
         (lambda rng: MaxPool2D(3, 2), (35, 2, 9, 9)),
         (lambda rng: Linear(20, 48, rng=rng), (50, 20)),
     ],
-    ids=["conv-s2", "conv-k5", "pool", "pool-overlapping", "linear"],
+    ids=["conv-s2", "conv-k5", "conv-s32", "pool", "pool-overlapping", "linear"],
 )
-def test_batch_split_over_threads_gives_the_serial_result(monkeypatch, rng, make, shape):
-    """The cpu backend splits large batches over threads (map_slices): same forward, same dx,
-    and the same parameter gradients up to the order of a sum."""
+def test_batch_split_over_threads_and_tiles_gives_the_serial_result(monkeypatch, rng, make, shape):
+    """The cpu backend splits large batches over threads (map_slices) and Conv2D goes
+    through each part in cache-sized tiles (batch_tile): same forward, same dx, and the
+    same parameter gradients up to the order of a sum, for any split."""
     cpu = get_backend("cpu")
     x = rng.standard_normal(shape)
-    dy_shape = None
+    dy = None
     results = {}
-    for threads in (1, 3):
+    for threads, tile_bytes in ((1, None), (3, None), (1, 1), (3, 3000)):
         monkeypatch.setattr(cpu, "threads", threads)
+        monkeypatch.setattr(cpu, "tile_bytes", tile_bytes)
         layer = make(np.random.default_rng(7)).to(cpu, "float64")
         y = layer.forward(x)
-        if dy_shape is None:
-            dy_shape = y.shape
-            dy = np.random.default_rng(8).standard_normal(dy_shape)
+        if dy is None:
+            dy = np.random.default_rng(8).standard_normal(y.shape)
         dx = layer.backward(dy)
-        results[threads] = (y, dx, [p.grad for p in layer.parameters()])
-    (y1, dx1, g1), (y3, dx3, g3) = results[1], results[3]
-    np.testing.assert_array_equal(y3, y1)
-    np.testing.assert_allclose(dx3, dx1, rtol=1e-12, atol=1e-12)
-    for a, b in zip(g3, g1):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        results[threads, tile_bytes] = (y, dx, [p.grad for p in layer.parameters()])
+    y1, dx1, g1 = results.pop((1, None))
+    for y, dx, grads in results.values():
+        np.testing.assert_array_equal(y, y1)
+        np.testing.assert_allclose(dx, dx1, rtol=1e-12, atol=1e-12)
+        for a, b in zip(grads, g1):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
