@@ -1,4 +1,4 @@
-"""Conv2D: 2-D convolution (cross-correlation, as in PyTorch) by im2col + matmul."""
+"""Conv2D: 2-D convolution (cross-correlation, as in PyTorch) by row-wise im2col + matmul."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,31 +12,35 @@ from .windows import pair
 
 @dataclass(frozen=True)
 class _Geometry:
-    """Where each kernel position reads in the flattened, padded input.
+    """Where the kernel reads in the flattened, padded input (see docs/math.md, Conv2D).
 
     Each padded image is stored row after row in a flat array whose rows are ``row``
-    elements long (the padded width, rounded up to a multiple of the column stride).
-    Output pixel (oh, ow) with kernel position (i, j) reads flat element
-    ``(sh·oh + i)·row + (sw·ow + j)``. Numbering the outputs ``m = oh·pitch + ow`` with
-    ``pitch = sh·row / sw`` turns this into ``offset(i, j) + sw·m``: for every kernel
-    position, the whole image's window is one evenly spaced run of the flat array
-    (contiguous when sw = 1), so im2col and col2im copy long runs instead of short rows.
-    Outputs with ow ≥ OW are "wide" extras that read past the row end; they are computed
-    and ignored (their gradient is zero). With stride 1 that is (kw - 1) extra columns
-    per row; with stride sh > 1 about sh times the outputs.
+    elements long (the padded width rounded up to a multiple of the column stride sw).
+    Number the outputs ``m = oh·pitch + ow`` with ``pitch = sh·row / sw``. Then output m
+    with kernel position (i, j) reads flat element ``j + sw·(m + i·shift)``, with
+    ``shift = row / sw``: kernel row i is the same read as kernel row 0, ``i·shift``
+    outputs later. Outputs with ow ≥ OW are "wide" extras that read past the row end;
+    they are computed and ignored (their gradient is zero): (kw - 1) extra columns per
+    row at stride 1, about sh times the outputs at row stride sh > 1.
     """
 
     out_h: int
     out_w: int
     row: int  # elements per padded row in the flat input
     pitch: int  # wide outputs per output row
+    shift: int  # outputs between kernel rows i and i + 1
     rows: int  # rows per channel in the flat input: the padded image and, if needed, zero rows after it
-    offsets: tuple  # (i, j, offset) for every kernel position, row-major
+    kernel_h: int
 
     @property
     def length(self) -> int:
         """Wide outputs per channel: ``out_h · pitch``."""
         return self.out_h * self.pitch
+
+    @property
+    def span(self) -> int:
+        """Positions of the row-wise columns: the outputs plus (kh - 1) kernel-row shifts."""
+        return self.length + (self.kernel_h - 1) * self.shift
 
 
 class Conv2D(Layer):
@@ -45,15 +49,17 @@ class Conv2D(Layer):
     Shapes: x (N, C, H, W) → y (N, F, OH, OW) with ``OH = (H + 2·ph - kh) // sh + 1``
     (likewise OW); weight (F, C, kh, kw), bias (F,), as in torch.nn.Conv2d.
 
-    im2col: the kh·kw windows of the padded input are copied into ``cols``
-    (n, C·kh·kw, L), L = OH·pitch wide output positions (see _Geometry), so the
-    convolution is one batched matmul ``W2 @ cols`` with W2 = weight reshaped
-    (F, C·kh·kw). Backward: ``dW2 = Σ_n dy_n @ cols_nᵀ``, ``db = Σ dy``,
-    ``dcols = W2ᵀ @ dy``, and col2im adds each kernel position's run of dcols back onto
-    dx. The batch is processed in tiles of a few images (``Backend.batch_tile``) so that
-    ``cols`` stays in the CPU cache; backward rebuilds each tile's columns from the saved
-    padded input instead of keeping the whole matrix (77 MB for LNet's first layer at
-    batch 250) in memory.
+    Row-wise im2col (the math, with shapes, is in docs/math.md): ``R[(c, j), m]`` holds
+    the input under kernel column j for the span of positions m, kh times smaller than
+    full im2col. One matmul with the weight as (kh·F, C·kw) gives every kernel row's
+    partial output ``Z[(i, f), m]``; ``y[f, m] = Σ_i Z[(i, f), m + i·shift]``.
+    Backward stacks dy shifted by each kernel row, ``D[(i, f), m] = dy[f, m - i·shift]``;
+    then ``dW = D @ Rᵀ``, ``dR = W2ᵀ @ D`` and col2im adds each kernel column's run of dR
+    back onto dx.
+
+    The batch goes through in tiles of a few images (``Backend.batch_tile``) so that R, Z
+    and D stay in the CPU cache; backward rebuilds each tile's R from the saved padded
+    input instead of keeping R for the whole batch.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True, rng=None):
@@ -67,6 +73,8 @@ class Conv2D(Layer):
         fan_in = in_channels * kh * kw
         self.weight = Parameter(self.backend.asarray(uniform_fan_in(rng, (out_channels, in_channels, kh, kw), fan_in)))
         self.bias = Parameter(self.backend.asarray(uniform_fan_in(rng, (out_channels,), fan_in))) if bias else None
+        self._forward_calls = 0
+        self._columns_held = {}  # columns buffer name → (buffer id, forward call, tile start, tile stop) it holds
 
     def output_shape(self, input_shape):
         n, _, h, w = input_shape
@@ -77,11 +85,16 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         _, _, out_h, out_w = self.output_shape((1, 1, h, w))
         row = -(-(w + 2 * pw) // sw) * sw
-        pitch = sh * row // sw
-        offsets = tuple((i, j, i * row + j) for i in range(kh) for j in range(kw))
-        elements_read = offsets[-1][2] + sw * (out_h * pitch - 1) + 1
-        rows = max(h + 2 * ph, -(-elements_read // row))
-        return _Geometry(out_h, out_w, row, pitch, rows, offsets)
+        shift = row // sw
+        pitch = sh * shift
+        span = out_h * pitch + (kh - 1) * shift
+        elements_read = (kw - 1) + sw * (span - 1) + 1
+        return _Geometry(out_h, out_w, row, pitch, shift, max(h + 2 * ph, -(-elements_read // row)), kh)
+
+    def _weight_rows(self):
+        """The weight as (kh·F, C·kw): row (i, f), column (c, j)."""
+        f, c, (kh, kw) = self.out_channels, self.in_channels, self.kernel_size
+        return self.xp.reshape(self.xp.permute_dims(self.weight.data, (2, 0, 1, 3)), (kh * f, c * kw))
 
     def _padded_flat(self, x, geometry: _Geometry):
         """x zero-padded into rows of ``geometry.row``, flattened: (N, C, rows·row)."""
@@ -93,27 +106,32 @@ class Conv2D(Layer):
         return self.xp.reshape(padded, (n, c, geometry.rows * geometry.row))
 
     def _tile_size(self, geometry: _Geometry, part: slice, dtype) -> int:
-        """Images per im2col tile: as many as the backend's cache budget allows."""
-        bytes_per_image = self.in_channels * len(geometry.offsets) * geometry.length * (self.xp.finfo(dtype).bits // 8)
-        return min(self.backend.batch_tile(bytes_per_image) or part.stop, part.stop - part.start)
+        """Images per tile: as many as the backend's cache budget allows for R and Z (or D)."""
+        (kh, kw), f = self.kernel_size, self.out_channels
+        elements = (self.in_channels * kw + kh * f) * geometry.span
+        return min(self.backend.batch_tile(elements * (self.xp.finfo(dtype).bits // 8)) or part.stop,
+                   part.stop - part.start)
 
-    def _column_tiles(self, flat, geometry: _Geometry, part: slice):
-        """im2col, tile by tile: yields (tile, cols) with cols (tile size, C·kh·kw, L).
+    def _column_tiles(self, flat, geometry: _Geometry, part: slice, forward_call: int):
+        """Row-wise im2col, tile by tile: yields (tile, R) with R (tile size, C·kw, span).
 
-        The columns live in one buffer per thread (per ``part``), overwritten by the next
-        tile; on backends that do not tile, the buffer holds the whole batch.
+        R lives in one buffer per thread (per ``part``), overwritten by the next tile; on
+        backends that do not tile, the buffer holds the whole batch. A buffer still holding
+        this tile's columns from the same forward call (``forward_call``; always so on a
+        GPU) is used as it is.
         """
         xp = self.xp
-        c, (kh, kw), sw = self.in_channels, self.kernel_size, self.stride[1]
-        length = geometry.length
-        tile_size = self._tile_size(geometry, part, flat.dtype)
-        buffer = self._scratch(f"cols@{part.start}", (tile_size, c, kh, kw, length), flat.dtype)
-        for start in range(part.start, part.stop, tile_size):
-            tile = slice(start, min(start + tile_size, part.stop))
-            cols = buffer[:tile.stop - tile.start, ...]
-            for i, j, offset in geometry.offsets:
-                cols[:, :, i, j, :] = flat[tile, :, offset:offset + sw * (length - 1) + 1:sw]
-            yield tile, xp.reshape(cols, (tile.stop - tile.start, c * kh * kw, length))
+        c, kw, sw, span = self.in_channels, self.kernel_size[1], self.stride[1], geometry.span
+        name = f"columns@{part.start}"
+        buffer = self._scratch(name, (self._tile_size(geometry, part, flat.dtype), c, kw, span), flat.dtype)
+        for start in range(part.start, part.stop, buffer.shape[0]):
+            tile = slice(start, min(start + buffer.shape[0], part.stop))
+            columns = buffer[:tile.stop - tile.start, ...]
+            if self._columns_held.get(name) != (id(buffer), forward_call, tile.start, tile.stop):
+                for j in range(kw):
+                    columns[:, :, j, :] = flat[tile, :, j:j + sw * (span - 1) + 1:sw]
+                self._columns_held[name] = (id(buffer), forward_call, tile.start, tile.stop)
+            yield tile, xp.reshape(columns, (tile.stop - tile.start, c * kw, span))
 
     def forward(self, x):
         xp = self.xp
@@ -122,23 +140,29 @@ class Conv2D(Layer):
             raise ValueError(f"{self!r} expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         self._check_param_dtype(x)
         n, c, h, w = x.shape
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        (kh, kw), (ph, pw), f = self.kernel_size, self.padding, self.out_channels
         if h + 2 * ph < kh or w + 2 * pw < kw:
             raise ValueError(f"{self!r}: input {h}x{w} with padding {self.padding} is smaller than the kernel {kh}x{kw}")
         geometry = self._geometry(h, w)
         flat = self._padded_flat(x, geometry)
-        weight = xp.reshape(self.weight.data, (self.out_channels, -1))
-        y = xp.empty((n, self.out_channels, geometry.length), dtype=x.dtype)
+        self._forward_calls += 1
+        forward_call = self._forward_calls
+        weight_rows = self._weight_rows()
+        length, shift = geometry.length, geometry.shift
+        y = xp.empty((n, f, length), dtype=x.dtype)
+
+        bias = None if self.bias is None else self.bias.data[:, None]
 
         def multiply(part):
-            for tile, cols in self._column_tiles(flat, geometry, part):
-                y[tile, ...] = xp.matmul(weight, cols)
+            for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
+                z = xp.reshape(xp.matmul(weight_rows, columns), (-1, kh, f, geometry.span))
+                y[tile, ...] = z[:, 0, :, :length] if bias is None else z[:, 0, :, :length] + bias
+                for i in range(1, kh):
+                    y[tile, ...] += z[:, i, :, i * shift:i * shift + length]
 
         self.backend.map_slices(multiply, n)
-        if self.bias is not None:
-            y += self.bias.data[:, None]
-        self._cache = (flat, geometry, tuple(x.shape)) if self.training else None
-        y = xp.reshape(y, (n, self.out_channels, geometry.out_h, geometry.pitch))
+        self._cache = (flat, geometry, tuple(x.shape), forward_call) if self.training else None
+        y = xp.reshape(y, (n, f, geometry.out_h, geometry.pitch))
         return y[:, :, :, :geometry.out_w]
 
     def backward_params(self, dy) -> None:
@@ -149,40 +173,45 @@ class Conv2D(Layer):
 
     def _backward(self, dy, input_grad: bool):
         xp = self.xp
-        flat, geometry, (n, c, h, w) = self._saved()
+        flat, geometry, (n, c, h, w), forward_call = self._saved()
         (kh, kw), (ph, pw), sw = self.kernel_size, self.padding, self.stride[1]
-        f, length, out_w = self.out_channels, geometry.length, geometry.out_w
-        weight = xp.reshape(self.weight.data, (f, c * kh * kw))
+        f, length, shift, span = self.out_channels, geometry.length, geometry.shift, geometry.span
+        weight_rows = self._weight_rows()
         dflat = xp.zeros(flat.shape, dtype=dy.dtype) if input_grad else None
 
         def multiply(part):
-            # dy widened to the L output positions; zero at the wide extras (never written
-            # here), which read past the row end and must contribute nothing
-            wide = self._scratch(f"dy@{part.start}", (self._tile_size(geometry, part, dy.dtype), f, geometry.out_h,
-                                                      geometry.pitch), dy.dtype, zeroed=True)
+            tile_size = self._tile_size(geometry, part, dy.dtype)
+            # dy widened to the L outputs, then stacked once per kernel row, shifted:
+            # D[(i, f), m] = dy[f, m - i·shift]. Both buffers start zeroed and only the
+            # same regions are ever written, so the wide extras and the rest of each
+            # shifted row stay zero.
+            wide = self._scratch(f"dy@{part.start}", (tile_size, f, geometry.out_h, geometry.pitch), dy.dtype, zeroed=True)
+            stacked = self._scratch(f"stacked@{part.start}", (tile_size, kh, f, span), dy.dtype, zeroed=True)
             grad = None
-            for tile, cols in self._column_tiles(flat, geometry, part):
+            for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
                 size = tile.stop - tile.start
-                dy_wide = wide[:size, ...]
-                dy_wide[:, :, :, :out_w] = dy[tile, ...]
-                dy_wide = xp.reshape(dy_wide, (size, f, length))
-                # Σ_n dy_n @ cols_nᵀ as a batched matmul and a sum (tensordot over (n, m)
-                # would first copy cols into a transposed layout)
-                partial = xp.sum(xp.matmul(dy_wide, cols.mT), axis=0)
+                wide[:size, :, :, :geometry.out_w] = dy[tile, ...]
+                dy_wide = xp.reshape(wide[:size, ...], (size, f, length))
+                for i in range(kh):
+                    stacked[:size, i, :, i * shift:i * shift + length] = dy_wide
+                d = xp.reshape(stacked[:size, ...], (size, kh * f, span))
+                # Σ_n D_n @ R_nᵀ as a batched matmul and a sum (tensordot over (n, m)
+                # would first copy R into a transposed layout)
+                partial = xp.sum(xp.matmul(d, columns.mT), axis=0)
                 grad = partial if grad is None else grad + partial
                 if input_grad:
-                    dcols = xp.reshape(xp.matmul(weight.mT, dy_wide), (size, c, kh, kw, length))
-                    # within one kernel position the run touches each element once, so
-                    # "+=" on the slice is an exact scatter-add
-                    for i, j, offset in geometry.offsets:
-                        dflat[tile, :, offset:offset + sw * (length - 1) + 1:sw] += dcols[:, :, i, j, :]
+                    d_columns = xp.reshape(xp.matmul(weight_rows.mT, d), (size, c, kw, span))
+                    # for one kernel column the run touches each element once, so "+=" on
+                    # the slice is an exact scatter-add
+                    for j in range(kw):
+                        dflat[tile, :, j:j + sw * (span - 1) + 1:sw] += d_columns[:, :, j, :]
             return grad
 
         partial_sums = self.backend.map_slices(multiply, n)
         grad = partial_sums[0]
         for partial in partial_sums[1:]:
-            grad = grad + partial  # (F, C·kh·kw)
-        self.weight.grad = xp.reshape(grad, self.weight.shape)
+            grad = grad + partial  # (kh·F, C·kw), rows (i, f), columns (c, j)
+        self.weight.grad = xp.permute_dims(xp.reshape(grad, (kh, f, c, kw)), (1, 2, 0, 3))
         if self.bias is not None:
             self.bias.grad = xp.sum(dy, axis=(0, 2, 3))
         if not input_grad:
