@@ -11,13 +11,14 @@ outside the Python array API standard is refused; the tests use it to prove that
 layer code would run unchanged on CuPy).
 """
 from .base import Backend, BackendUnavailableError, host_rng
-from .registry import BACKEND_NAMES, available_backends, get_backend
+from .registry import BACKEND_NAMES, available_backends, backend_of, get_backend
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BACKEND_NAMES",
     "available_backends",
+    "backend_of",
     "get_backend",
     "host_rng",
 ]

@@ -126,6 +126,14 @@ def get_backend(name: str | Backend = "cpu") -> Backend:
     return factory()
 
 
+def backend_of(array) -> Backend | None:
+    """The backend, among those already created, whose arrays ``array`` belongs to; else None."""
+    for factory in (_cpu, _cuda, _strict):
+        if factory.cache_info().currsize and factory().is_array(array):
+            return factory()
+    return None
+
+
 def available_backends() -> list[str]:
     """Names of the concrete backends that work on this machine (cpu always)."""
     names = []

@@ -75,6 +75,7 @@ def test_trainer_history_rows_and_output_files(tmp_path, rng):
     assert load_checkpoint(tmp_path / "checkpoint.npz").epoch == 2
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning")
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, rng):
     backend = get_backend("cpu")
     loader = separable_loader(rng, 64, 16)

@@ -23,6 +23,12 @@ from typing import Any, Iterable
 from array_api_compat import array_namespace
 from array_api_compat import device as array_device
 
+from backends import backend_of
+
+# Below this many elements a parameter is updated in one piece: handing rows to threads
+# costs tens of microseconds, more than the update of a small array.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+
 
 class Optimizer:
     """What every optimizer shares: the parameter list, per-parameter state, checkpoints.
@@ -69,6 +75,21 @@ class Optimizer:
 
     def _update(self, p, grad, state: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    @staticmethod
+    def _by_rows(update, *arrays) -> None:
+        """``update(*arrays)``, on the cpu backend split into blocks of rows over its threads.
+
+        Every update rule is element-wise and in place, so each thread updating its own
+        rows of the parameter, gradient and state arrays (all the same shape) is the same
+        arithmetic. On a GPU, and for small parameters, ``update`` gets the whole arrays.
+        """
+        data = arrays[0]
+        backend = backend_of(data)
+        if backend is None or backend.threads == 1 or data.ndim == 0 or data.size < PARALLEL_MIN_ELEMENTS:
+            update(*arrays)
+        else:
+            backend.map_slices(lambda rows: update(*(array[rows, ...] for array in arrays)), data.shape[0])
 
     @classmethod
     def _checked_hyper(cls, **hyper: Any) -> dict[str, Any]:
@@ -228,19 +249,27 @@ class SGD(Optimizer):
         return {"momentum_buffer"} if hyper["momentum"] != 0 else set()
 
     def _update(self, p, grad, state):
-        g = grad
-        if self.weight_decay != 0:
-            g = g + self.weight_decay * p.data
-        if self.momentum != 0:
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = array_namespace(g).asarray(g, copy=True)  # b_1 = g_1: no dampening yet
-            else:
-                # in place, as torch does: fresh arrays of a large layer cost more than the arithmetic
-                buf *= self.momentum
-                buf += g if self.dampening == 0 else (1 - self.dampening) * g
-            g = g + self.momentum * buf if self.nesterov else buf
-        p.data -= self.lr * g
+        momentum, dampening, first = self.momentum, self.dampening, False
+        if momentum != 0 and "momentum_buffer" not in state:
+            state["momentum_buffer"] = array_namespace(p.data).zeros_like(p.data)
+            first = True
+
+        def update(data, grad, buf=None):
+            g = grad + self.weight_decay * data if self.weight_decay != 0 else grad
+            if buf is not None:
+                if first:
+                    buf[...] = g  # b_1 = g_1: no dampening yet
+                else:
+                    # in place, as torch does: fresh arrays of a large layer cost more than the arithmetic
+                    buf *= momentum
+                    buf += g if dampening == 0 else (1 - dampening) * g
+                g = g + momentum * buf if self.nesterov else buf
+            data -= self.lr * g
+
+        if momentum != 0:
+            self._by_rows(update, p.data, grad, state["momentum_buffer"])
+        else:
+            self._by_rows(update, p.data, grad)
 
 
 class Adam(Optimizer):
@@ -288,9 +317,9 @@ class Adam(Optimizer):
         keys = {"step", "exp_avg", "exp_avg_sq"}
         return keys | {"max_exp_avg_sq"} if hyper["amsgrad"] else keys
 
-    def _apply_weight_decay(self, p, grad):
+    def _decayed_gradient(self, data, grad):
         """Adam's weight decay is an L2 term added to the gradient."""
-        return grad + self.weight_decay * p.data if self.weight_decay != 0 else grad
+        return grad + self.weight_decay * data if self.weight_decay != 0 else grad
 
     def _update(self, p, grad, state):
         xp = array_namespace(p.data)
@@ -303,25 +332,28 @@ class Adam(Optimizer):
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         state["step"] += 1
         t = state["step"]
-
-        g = self._apply_weight_decay(p, grad)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        # m ← β1 m + (1-β1) g and v ← β2 v + (1-β2) g², in place
-        m *= beta1
-        m += (1 - beta1) * g
-        v *= beta2
-        v += (1 - beta2) * (g * g)
-        if self.amsgrad:
-            v = state["max_exp_avg_sq"] = xp.maximum(state["max_exp_avg_sq"], v)
-
         bias_correction1 = 1 - beta1**t
         bias_correction2 = 1 - beta2**t
-        denom = xp.sqrt(v)
-        denom /= math.sqrt(bias_correction2)
-        denom += self.eps
-        step = m / denom
-        step *= self.lr / bias_correction1
-        p.data -= step
+
+        def update(data, grad, m, v, v_max=None):
+            g = self._decayed_gradient(data, grad)
+            # m ← β1 m + (1-β1) g and v ← β2 v + (1-β2) g², in place
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * (g * g)
+            if v_max is not None:
+                v_max[...] = xp.maximum(v_max, v)
+                v = v_max
+            denom = xp.sqrt(v)
+            denom /= math.sqrt(bias_correction2)
+            denom += self.eps
+            step = m / denom
+            step *= self.lr / bias_correction1
+            data -= step
+
+        arrays = [p.data, grad, state["exp_avg"], state["exp_avg_sq"]]
+        self._by_rows(update, *arrays, *([state["max_exp_avg_sq"]] if self.amsgrad else []))
 
 
 class AdamW(Adam):
@@ -339,10 +371,10 @@ class AdamW(Adam):
                  eps: float = 1e-8, weight_decay: float = 1e-2, amsgrad: bool = False):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
 
-    def _apply_weight_decay(self, p, grad):
+    def _decayed_gradient(self, data, grad):
         """AdamW's weight decay shrinks the parameter itself; the gradient is unchanged."""
         if self.weight_decay != 0:
-            p.data *= 1 - self.lr * self.weight_decay
+            data *= 1 - self.lr * self.weight_decay
         return grad
 
 
