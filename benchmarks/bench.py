@@ -4,6 +4,7 @@
     python benchmarks/bench.py --device cuda --compare-torch
     python benchmarks/bench.py --models lnet --batch-sizes 64 --repeats 3 --threads 1
     python benchmarks/bench.py --quick                  # a few-second smoke run
+    python benchmarks/bench.py --compare-torch --rounds 3   # medians of 3 interleaved rounds
 
 What is measured, for each (model, batch size, mode), in float32:
 
@@ -19,7 +20,10 @@ network cannot memorise its one batch and the loss stays near log(10), as in rea
 then ``--repeats`` timed runs of ``--steps`` steps each (by default the number of steps
 is calibrated so one run takes about ``--target-seconds``); the reported throughput is
 examples/second of the median run. On a GPU the device is synchronised before every
-clock read.
+clock read. ``--rounds N`` repeats the whole set N times, the two frameworks of a
+configuration always back to back, and reports the median of each figure and of the
+per-round ratios: on a shared machine whose load drifts, a single pair of runs can be
+off by 20 %.
 
 Every (framework, model, batch size, mode) runs in a fresh subprocess (this same script
 with ``--worker``), so its peak memory is its own: on the CPU the peak resident set size
@@ -109,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CPU threads for both frameworks: OMP/OPENBLAS/MKL_NUM_THREADS and torch.set_num_threads "
                              "(default: the CPUs available, here %(default)s)")
     parser.add_argument("--compare-torch", action="store_true", help="also run the same networks in PyTorch (pip install torch)")
+    parser.add_argument("--rounds", type=_positive_int, default=1,
+                        help="measure everything this many times, round after round, and report medians; on a machine "
+                             "whose load changes, 3 or more make the ratios steadier (default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (default benchmarks/results/<device>-<date>.json)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: batch 8, 1 warm-up, 1 repeat of 2 steps")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed for one worker subprocess (default: %(default)s)")
@@ -514,13 +521,19 @@ def run_worker(spec: dict[str, Any], env: dict[str, str], timeout: float) -> dic
 
 
 def measurement_specs(args: argparse.Namespace, frameworks: list[str]) -> list[dict[str, Any]]:
-    """One worker spec per (model, batch size, mode, framework), in table order."""
+    """One worker spec per (round, model, batch size, mode, framework), in table order.
+
+    The frameworks of one configuration run back to back, so each ratio compares runs
+    minutes apart at most, and each round goes through every configuration once.
+    """
     return [
         {
             "framework": framework, "model": model, "batch_size": batch_size, "mode": mode,
             "device": args.device, "threads": args.threads, "warmup": args.warmup,
             "repeats": args.repeats, "steps": args.steps, "target_seconds": args.target_seconds,
+            "round": round_index,
         }
+        for round_index in range(args.rounds)
         for model in args.models
         for batch_size in args.batch_sizes
         for mode in args.modes
@@ -533,6 +546,8 @@ def run_all(specs: list[dict[str, Any]], env: dict[str, str], timeout: float) ->
     rows = []
     for index, spec in enumerate(specs, 1):
         label = f"[{index}/{len(specs)}] {spec['framework']:<5} {spec['model']:<4} batch {spec['batch_size']:<5} {spec['mode']:<5}"
+        if spec.get("round"):
+            label = f"round {spec['round'] + 1}: " + label
         print(label + " ...", end="", file=sys.stderr, flush=True)
         row = run_worker(spec, env, timeout)
         if "error" in row:
@@ -540,28 +555,42 @@ def run_all(specs: list[dict[str, Any]], env: dict[str, str], timeout: float) ->
             print(f" FAILED: {row['error']}", file=sys.stderr)
         else:
             print(f" {row['examples_per_second']:,.1f} ex/s, peak {row['peak_memory_mb']:,.1f} MB", file=sys.stderr)
+        row["round"] = spec.get("round", 0)
         rows.append(row)
     return rows
 
 
 def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pair each xpnet row with its torch row (if any): throughputs, ratio xpnet/torch, memories."""
-    by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
+    """Pair xpnet's rows with torch's (if any): throughputs, ratio xpnet/torch, memories.
+
+    With several rounds, each figure is the median over the rounds that did not fail, and
+    the ratio is the median of the per-round ratios (each from two runs back to back).
+    """
+    by_key: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
     for row in rows:
-        by_key.setdefault((row["model"], row["batch_size"], row["mode"]), {})[row["framework"]] = row
+        by_key.setdefault((row["model"], row["batch_size"], row["mode"]), {}).setdefault(row["framework"], []).append(row)
     table = []
-    for (model, batch_size, mode), pair in by_key.items():
-        ours, theirs = pair.get("xpnet", {}), pair.get("torch", {})
-        xpnet_speed, torch_speed = ours.get("examples_per_second"), theirs.get("examples_per_second")
+    for (model, batch_size, mode), runs in by_key.items():
+        ours, theirs = runs.get("xpnet", []), runs.get("torch", [])
+        by_round = {row.get("round", 0): row for row in theirs}
+        ratios = [row["examples_per_second"] / by_round[row.get("round", 0)]["examples_per_second"]
+                  for row in ours if row.get("examples_per_second")
+                  and by_round.get(row.get("round", 0), {}).get("examples_per_second")]
         table.append({
             "model": model, "batch_size": batch_size, "mode": mode,
-            "xpnet_examples_per_second": xpnet_speed,
-            "torch_examples_per_second": torch_speed,
-            "ratio_xpnet_over_torch": xpnet_speed / torch_speed if xpnet_speed and torch_speed else None,
-            "xpnet_peak_memory_mb": ours.get("peak_memory_mb"),
-            "torch_peak_memory_mb": theirs.get("peak_memory_mb"),
+            "xpnet_examples_per_second": _median_of(ours, "examples_per_second"),
+            "torch_examples_per_second": _median_of(theirs, "examples_per_second"),
+            "ratio_xpnet_over_torch": statistics.median(ratios) if ratios else None,
+            "xpnet_peak_memory_mb": _median_of(ours, "peak_memory_mb"),
+            "torch_peak_memory_mb": _median_of(theirs, "peak_memory_mb"),
+            "rounds": len(ours),
         })
     return table
+
+
+def _median_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [row[key] for row in rows if row.get(key) is not None]
+    return statistics.median(values) if values else None
 
 
 def format_table(comparison: list[dict[str, Any]], with_torch: bool) -> str:
@@ -741,8 +770,8 @@ def main(argv: list[str] | None = None) -> int:
             "device": args.device, "dtype": DTYPE, "frameworks": frameworks, "models": args.models,
             "batch_sizes": args.batch_sizes, "modes": args.modes, "warmup": args.warmup,
             "repeats": args.repeats, "steps": args.steps, "target_seconds": args.target_seconds,
-            "threads": args.threads, "optimizer": OPTIMIZER, "data": DATA_NOTE,
-            "throughput": "examples per second of the median timed run",
+            "threads": args.threads, "rounds": args.rounds, "optimizer": OPTIMIZER, "data": DATA_NOTE,
+            "throughput": "examples per second of the median timed run (comparison: median over rounds)",
             "memory_unit": "MB = 2**20 bytes",
         },
         "machine": machine_info(probes, env),

@@ -86,6 +86,23 @@ def test_comparison_and_table():
     assert "0.50x" in table and "error" in table and "torch MB" in table
 
 
+def test_rounds_report_medians_and_paired_ratios():
+    def row(framework, speed, round_index):
+        return {"framework": framework, "model": "lnet", "batch_size": 250, "mode": "train",
+                "examples_per_second": speed, "peak_memory_mb": 100.0 + round_index, "round": round_index}
+
+    # the machine is twice as slow in round 1: the paired ratios stay 0.5, 0.5, 0.8
+    rows = [row("xpnet", 500.0, 0), row("torch", 1000.0, 0), row("xpnet", 250.0, 1), row("torch", 500.0, 1),
+            row("xpnet", 800.0, 2), row("torch", 1000.0, 2)]
+    (entry,) = bench.compare(rows)
+    assert entry["ratio_xpnet_over_torch"] == pytest.approx(0.5)
+    assert entry["xpnet_examples_per_second"] == 500.0 and entry["torch_examples_per_second"] == 1000.0
+    assert entry["xpnet_peak_memory_mb"] == 101.0 and entry["rounds"] == 3
+    specs = bench.measurement_specs(bench.parse_args(["--rounds", "2", "--models", "mlp", "--batch-sizes", "8",
+                                                      "--modes", "infer"]), ["xpnet", "torch"])
+    assert [(s["round"], s["framework"]) for s in specs] == [(0, "xpnet"), (0, "torch"), (1, "xpnet"), (1, "torch")]
+
+
 def test_compare_torch_without_torch_says_how_to_install(monkeypatch, capsys):
     monkeypatch.setattr(bench, "_installed_version", lambda name: None)
     monkeypatch.setattr(bench, "_importable", lambda name: False)
