@@ -112,26 +112,38 @@ class Conv2D(Layer):
         return min(self.backend.batch_tile(elements * (self.xp.finfo(dtype).bits // 8)) or part.stop,
                    part.stop - part.start)
 
-    def _column_tiles(self, flat, geometry: _Geometry, part: slice, forward_call: int):
-        """Row-wise im2col, tile by tile: yields (tile, R) with R (tile size, C·kw, span).
+    def _padded_rows(self) -> int:
+        """Rows of the R buffer: C·kw, plus zero rows up to a multiple of 8 when that adds at most 1/8.
 
-        R lives in one buffer per thread (per ``part``), overwritten by the next tile; on
-        backends that do not tile, the buffer holds the whole batch. A buffer still holding
-        this tile's columns from the same forward call (``forward_call``; always so on a
-        GPU) is used as it is.
+        The weight-gradient matmul (kh·F, span) @ (span, rows) runs about 1.4x faster in
+        OpenBLAS with 16 rows than with LNet's first layer's 15; the zero rows give zero
+        gradient columns, which are dropped.
         """
-        xp = self.xp
+        rows = self.in_channels * self.kernel_size[1]
+        padded = -(-rows // 8) * 8
+        return padded if 8 * (padded - rows) <= rows else rows
+
+    def _column_tiles(self, flat, geometry: _Geometry, part: slice, forward_call: int):
+        """Row-wise im2col, tile by tile: yields (tile, R) with R (tile size, padded rows, span).
+
+        Row c·kw + j of R is input channel c under kernel column j; rows past C·kw are
+        zero (``_padded_rows``). R lives in one buffer per thread (per ``part``),
+        overwritten by the next tile; on backends that do not tile, the buffer holds the
+        whole batch. A buffer still holding this tile's columns from the same forward call
+        (``forward_call``; always so on a GPU) is used as it is.
+        """
         c, kw, sw, span = self.in_channels, self.kernel_size[1], self.stride[1], geometry.span
         name = f"columns@{part.start}"
-        buffer = self._scratch(name, (self._tile_size(geometry, part, flat.dtype), c, kw, span), flat.dtype)
+        shape = (self._tile_size(geometry, part, flat.dtype), self._padded_rows(), span)
+        buffer = self._scratch(name, shape, flat.dtype, zeroed=True)  # the padding rows stay zero
         for start in range(part.start, part.stop, buffer.shape[0]):
             tile = slice(start, min(start + buffer.shape[0], part.stop))
             columns = buffer[:tile.stop - tile.start, ...]
             if self._columns_held.get(name) != (id(buffer), forward_call, tile.start, tile.stop):
                 for j in range(kw):
-                    columns[:, :, j, :] = flat[tile, :, j:j + sw * (span - 1) + 1:sw]
+                    columns[:, j:c * kw:kw, :] = flat[tile, :, j:j + sw * (span - 1) + 1:sw]
                 self._columns_held[name] = (id(buffer), forward_call, tile.start, tile.stop)
-            yield tile, xp.reshape(columns, (tile.stop - tile.start, c * kw, span))
+            yield tile, columns
 
     def forward(self, x):
         xp = self.xp
@@ -155,7 +167,7 @@ class Conv2D(Layer):
 
         def multiply(part):
             for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
-                z = xp.reshape(xp.matmul(weight_rows, columns), (-1, kh, f, geometry.span))
+                z = xp.reshape(xp.matmul(weight_rows, columns[:, :c * kw, :]), (-1, kh, f, geometry.span))
                 y[tile, ...] = z[:, 0, :, :length] if bias is None else z[:, 0, :, :length] + bias
                 for i in range(1, kh):
                     y[tile, ...] += z[:, i, :, i * shift:i * shift + length]
@@ -197,14 +209,14 @@ class Conv2D(Layer):
                 d = xp.reshape(stacked[:size, ...], (size, kh * f, span))
                 # Σ_n D_n @ R_nᵀ as a batched matmul and a sum (tensordot over (n, m)
                 # would first copy R into a transposed layout)
-                partial = xp.sum(xp.matmul(d, columns.mT), axis=0)
+                partial = xp.sum(xp.matmul(d, columns.mT), axis=0)[:, :c * kw]
                 grad = partial if grad is None else grad + partial
                 if input_grad:
-                    d_columns = xp.reshape(xp.matmul(weight_rows.mT, d), (size, c, kw, span))
+                    d_columns = xp.matmul(weight_rows.mT, d)  # (size, C·kw, span)
                     # for one kernel column the run touches each element once, so "+=" on
                     # the slice is an exact scatter-add
                     for j in range(kw):
-                        dflat[tile, :, j:j + sw * (span - 1) + 1:sw] += d_columns[:, :, j, :]
+                        dflat[tile, :, j:j + sw * (span - 1) + 1:sw] += d_columns[:, j::kw, :]
             return grad
 
         partial_sums = self.backend.map_slices(multiply, n)
