@@ -10,6 +10,11 @@ import numpy as np
 
 FLOAT_DTYPES = ("float32", "float64")
 MIN_ROWS_PER_THREAD = 16  # below this, splitting a batch across threads costs more than it saves
+# Below this much work per thread (floating-point operations, for callers that say), handing
+# work to a thread costs more than it saves. Measured on a 2-core EPYC, Linear forward +
+# backward: 34 MFLOP per matmul (LNet's 1024→256 at batch 64) 1.9 ms serial, 2.3 ms split;
+# 131 MFLOP (batch 250) 5.6 ms serial, 4.3 ms split.
+MIN_WORK_PER_THREAD = 32e6
 CPU_TILE_BYTES = 4 * 2**20  # per-thread working set of a batch tile (see Backend.batch_tile)
 
 
@@ -118,7 +123,7 @@ class Backend:
     def is_array(self, value) -> bool:
         return isinstance(value, self.array_type)
 
-    def map_slices(self, function: Callable[[slice], Any], length: int) -> list:
+    def map_slices(self, function: Callable[[slice], Any], length: int, work: float | None = None) -> list:
         """``function(part)`` for contiguous slices ``part`` that together cover ``range(length)``.
 
         Layers put their heavy per-example work (im2col copies, matmuls, pooling) in
@@ -126,10 +131,13 @@ class Backend:
         but releases the GIL while it runs, so on the cpu backend the parts run in
         ``threads`` threads (and BLAS is kept to one thread each, see
         single_threaded_blas); everywhere else (GPU, strict) there is one part, the whole
-        range. ``function`` must write only its own part of any shared output. Returns
-        the results in order.
+        range. ``function`` must write only its own part of any shared output. ``work``
+        (optional): the call's floating-point operations; small calls are not split (see
+        MIN_WORK_PER_THREAD). Returns the results in order.
         """
         parts = min(self.threads, length // MIN_ROWS_PER_THREAD)
+        if work is not None:
+            parts = min(parts, int(work // MIN_WORK_PER_THREAD))
         if parts <= 1:
             return [function(slice(0, length))]
         bounds = [length * k // parts for k in range(parts + 1)]

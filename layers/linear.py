@@ -33,7 +33,7 @@ class Linear(Layer):
         def multiply(columns):  # split over output features: as fast as BLAS's own threads here
             y[:, columns] = xp.matmul(x, weight[columns, ...].mT)
 
-        self.backend.map_slices(multiply, self.out_features)
+        self.backend.map_slices(multiply, self.out_features, work=self._matmul_flops(x.shape[0]))
         if self.bias is not None:
             y += self.bias.data
         self._cache = x if self.training else None
@@ -47,7 +47,7 @@ class Linear(Layer):
         def multiply(part):
             dx[part, ...] = xp.matmul(dy[part, ...], weight)
 
-        self.backend.map_slices(multiply, dy.shape[0])
+        self.backend.map_slices(multiply, dy.shape[0], work=self._matmul_flops(dy.shape[0]))
         return dx
 
     def backward_params(self, dy) -> None:
@@ -58,10 +58,14 @@ class Linear(Layer):
         def multiply(rows):  # split over output features: each thread owns whole rows of dW
             grad[rows, ...] = xp.matmul(dy[:, rows].mT, x)
 
-        self.backend.map_slices(multiply, self.out_features)
+        self.backend.map_slices(multiply, self.out_features, work=self._matmul_flops(dy.shape[0]))
         self.weight.grad = grad
         if self.bias is not None:
             self.bias.grad = xp.sum(dy, axis=0)
+
+    def _matmul_flops(self, batch_size: int) -> int:
+        """Floating-point operations of one of the layer's matmuls (forward, dW or dx)."""
+        return 2 * batch_size * self.in_features * self.out_features
 
     def output_shape(self, input_shape):
         return (input_shape[0], self.out_features)

@@ -48,3 +48,13 @@ def test_thread_count_from_the_environment(monkeypatch):
     monkeypatch.setenv("XPNET_NUM_THREADS", "many")
     with pytest.raises(ValueError, match="XPNET_NUM_THREADS must be a whole number, got 'many'"):
         cpu_threads()
+
+
+def test_map_slices_splits_only_work_worth_a_thread(monkeypatch):
+    cpu = get_backend("cpu")
+    monkeypatch.setattr(cpu, "threads", 2)
+    parts = lambda **kwargs: cpu.map_slices(lambda part: part, 100, **kwargs)
+    assert parts() == [slice(0, 50), slice(50, 100)]
+    assert parts(work=1e6) == [slice(0, 100)]  # far below MIN_WORK_PER_THREAD
+    assert parts(work=1e12) == [slice(0, 50), slice(50, 100)]
+    assert cpu.map_slices(lambda part: part, 20) == [slice(0, 20)]  # fewer than 2 x 16 rows

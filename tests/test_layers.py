@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from backends import get_backend
+import backends.base as backend_base
 from conftest import assert_close
 from layers import Conv2D, CrossEntropyLoss, Flatten, Linear, MaxPool2D, ReLU, Sequential, Softmax
 from models import build_model
@@ -305,6 +306,7 @@ def test_batch_split_over_threads_and_tiles_gives_the_serial_result(monkeypatch,
     through each part in cache-sized tiles (batch_tile): same forward, same dx, and the
     same parameter gradients up to the order of a sum, for any split."""
     cpu = get_backend("cpu")
+    monkeypatch.setattr(backend_base, "MIN_WORK_PER_THREAD", 1)  # split even these small layers
     x = rng.standard_normal(shape)
     dy = None
     results = {}
