@@ -163,8 +163,8 @@ def test_matches_reference(backend, dtype, config):
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_threaded_update_of_a_large_parameter_is_the_serial_update(monkeypatch, config):
-    """Large parameters are updated in row blocks over the cpu backend's threads: the same
-    arithmetic element by element, so bit-identical to one thread, state included."""
+    """Large parameters are updated in cache-sized row blocks over the cpu backend's threads:
+    the same arithmetic element by element, so bit-identical to one thread, state included."""
     from training import optim
 
     cpu = get_backend("cpu")
@@ -173,19 +173,21 @@ def test_threaded_update_of_a_large_parameter_is_the_serial_update(monkeypatch, 
     shape = (optim.PARALLEL_MIN_ELEMENTS // 100 + 3, 100)  # just over the threshold, odd rows
     init = rng.standard_normal(shape).astype(np.float32)
     grads = [rng.standard_normal(shape).astype(np.float32) for _ in range(3)]
-    results = {}
-    for threads in (1, 3):
+    results = []
+    for threads, tile_bytes in ((1, cpu.tile_bytes), (3, cpu.tile_bytes), (3, 40_000)):  # 40 kB: blocks of 33 rows
         monkeypatch.setattr(cpu, "threads", threads)
+        monkeypatch.setattr(cpu, "tile_bytes", tile_bytes)
         params = make_params(cpu, [init], "float32")
         opt = cls(params, **kwargs)
         for grad in grads:
             params[0].grad = cpu.asarray(grad)
             opt.step()
-        results[threads] = (params[0].data, opt.state[0])
-    (data1, state1), (data3, state3) = results[1], results[3]
-    np.testing.assert_array_equal(data3, data1)
-    for key, value in state1.items():
-        np.testing.assert_array_equal(state3[key], value, err_msg=key)
+        results.append((params[0].data, opt.state[0]))
+    (data1, state1), *others = results
+    for data, state in others:
+        np.testing.assert_array_equal(data, data1)
+        for key, value in state1.items():
+            np.testing.assert_array_equal(state[key], value, err_msg=key)
 
 
 def test_problem_exercises_every_option():
