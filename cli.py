@@ -181,6 +181,9 @@ def train(args: argparse.Namespace, log) -> int:
 
     checkpoint = load_checkpoint(args.resume) if args.resume else None
     config = settings(args, checkpoint.config if checkpoint else None)
+    if args.momentum is not None and config["optimizer"] != "sgd":
+        raise XpnetError(f"--momentum applies only to --optimizer sgd; this run uses {config['optimizer']}, whose "
+                         "moment estimates have their own fixed betas: leave out --momentum or add --optimizer sgd")
     backend = choose_backend(args.device, log)
     train_set, test_set = load_data(config, args.download, log)
     if checkpoint is not None and "mean" in checkpoint.config:

@@ -121,6 +121,7 @@ def test_bad_arguments_are_usage_errors(argv, message, capsys):
     [
         (["--dataset", "svhn", "--data-dir", "/nonexistent/svhn", "--device", "cpu"], "--download"),
         (["--evaluate", "/nonexistent/best.npz", "--device", "cpu"], "does not exist"),
+        (["--momentum", "0.5", "--device", "cpu"], "--momentum applies only to --optimizer sgd; this run uses adam"),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys):
