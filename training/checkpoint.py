@@ -14,13 +14,12 @@ are the whole random state a resumed run needs.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import write_atomically
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -63,47 +62,14 @@ def save_checkpoint(path, model, optimizer=None, *, epoch: int, backend, config:
 
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        (path.parent if str(path.parent) else Path(".")).mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda stream: np.savez(stream, **arrays))
     except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}; choose a writable --out folder") from exc
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        _remove_quietly(temporary)
         raise CheckpointError(
-            f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint (if any) is unchanged"
+            f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint (if any) is unchanged; "
+            "free some disk space or choose a writable --out folder"
         ) from exc
-    except BaseException:
-        _remove_quietly(temporary)
-        raise
-    _fsync_folder(folder)
-
-
-def _remove_quietly(name: str) -> None:
-    try:
-        os.unlink(name)
-    except OSError:
-        pass
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 class Checkpoint:

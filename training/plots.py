@@ -7,6 +7,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .atomic import write_atomically
+
 
 def plot_curves(history: list[dict], path) -> Path:
     """Loss (train, test) and accuracy (train, test) per epoch, side by side."""
@@ -24,7 +26,7 @@ def plot_curves(history: list[dict], path) -> Path:
         axes.grid(alpha=0.3)
         axes.legend()
         axes.xaxis.get_major_locator().set_params(integer=True)
-    figure.savefig(path, dpi=100)
+    write_atomically(Path(path), lambda stream: figure.savefig(stream, format="png", dpi=100))
     return Path(path)
 
 
@@ -45,5 +47,5 @@ def plot_confusion(confusion: np.ndarray, path, class_names=None, title: str = "
             axes.text(column, row, str(confusion[row, column]), ha="center", va="center", fontsize=7, color=colour)
     axes.set(xticks=range(classes), yticks=range(classes), xticklabels=names, yticklabels=names,
              xlabel="predicted", ylabel="true", title=title)
-    figure.savefig(path, dpi=100)
+    write_atomically(Path(path), lambda stream: figure.savefig(stream, format="png", dpi=100))
     return Path(path)

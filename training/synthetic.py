@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import data_glyphs
+from .atomic import write_atomically
 from .data import ImageSet
 
 GENERATOR_VERSION = 1  # bump when the generator's code changes what it produces
@@ -130,25 +130,12 @@ def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[ImageSet, ImageS
 
 
 def _write_cache(path: Path, train: ImageSet, test: ImageSet) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then os.replace."""
-    tmp = None
+    """Write the cache atomically (training/atomic.py); a failure only costs the cache."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                train_images=train.images,
-                train_labels=train.labels,
-                test_images=test.images,
-                test_labels=test.labels,
-            )
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomically(path, lambda stream: np.savez(stream, train_images=train.images, train_labels=train.labels,
+                                                       test_images=test.images, test_labels=test.labels))
     except OSError as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         warnings.warn(f"could not cache the synthetic data in {path.parent} ({exc}); continuing without a cache", stacklevel=3)
 
 

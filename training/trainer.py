@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ from tqdm.auto import tqdm
 
 from layers import CrossEntropyLoss
 
+from .atomic import write_atomically
 from .checkpoint import save_checkpoint
 from .errors import TrainingDiverged, XpnetError
 from .metrics import confusion_matrix, per_class_accuracy
@@ -212,16 +211,6 @@ def write_metrics(path: Path, config: dict, history: list[dict], evaluation: Eva
         document["per_class_accuracy"] = [None if math.isnan(v) else v for v in per_class_accuracy(evaluation.confusion).tolist()]
         document["confusion"] = evaluation.confusion.tolist()
     try:
-        handle, temporary = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=path.parent)
+        write_atomically(path, lambda stream: json.dump(document, stream, indent=2), text=True)
     except OSError as exc:
         raise _write_error(path, exc) from exc
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(document, stream, indent=2)
-        os.replace(temporary, path)
-    except BaseException as exc:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        if isinstance(exc, OSError):
-            raise _write_error(path, exc) from exc
-        raise

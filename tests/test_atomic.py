@@ -1,0 +1,40 @@
+"""write_atomically: a file is either the old one or the complete new one."""
+from __future__ import annotations
+
+import pytest
+
+from training.atomic import write_atomically
+from training.plots import plot_curves
+
+
+def test_success_replaces_the_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+    write_atomically(path, lambda stream: stream.write("new"), text=True)
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+@pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_failed_write_keeps_the_old_file(tmp_path, failure):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+
+    def write(stream):
+        stream.write(b"half of the new")
+        raise failure
+
+    with pytest.raises(type(failure)):
+        write_atomically(path, write)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_plots_are_written_through_it(tmp_path, monkeypatch):
+    history = [{"epoch": e, "train_loss": 1.0 / e, "test_loss": 1.1 / e, "train_acc": 0.5, "test_acc": 0.4} for e in (1, 2)]
+    path = plot_curves(history, tmp_path / "curves.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    calls = []
+    monkeypatch.setattr("training.plots.write_atomically", lambda *args, **kwargs: calls.append(args[0]))
+    plot_curves(history, tmp_path / "again.png")
+    assert calls == [tmp_path / "again.png"]
