@@ -125,12 +125,43 @@ def settings(args: argparse.Namespace, saved: dict | None = None) -> dict:
         value = getattr(args, name, None)
         if value is None and name in RESUMED_SETTINGS:
             value = saved.get(name)
+            if value is not None:
+                check_saved_setting(name, value)
         chosen[name] = default if value is None else value
     if chosen["lr"] is None:
         chosen["lr"] = LEARNING_RATES[chosen["optimizer"]]
     if chosen["weight_decay"] is None:
         chosen["weight_decay"] = 1e-2 if chosen["optimizer"] == "adamw" else 0.0
     return chosen
+
+
+def check_saved_setting(name: str, value) -> None:
+    """A setting read back from a checkpoint's config must pass the checks its flag has.
+
+    Checkpoints written by xpnet always do; a hand-edited or damaged one gets a clear
+    error here instead of a failure deep inside training.
+    """
+    action = next(action for action in build_parser()._actions if action.dest == name)
+    problem = None
+    if action.choices is not None:
+        if value not in action.choices:
+            problem = f"expected one of {', '.join(action.choices)}"
+    elif action.type is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problem = "expected a number"
+        else:
+            try:
+                action.type(str(value))
+            except argparse.ArgumentTypeError as exc:
+                problem = str(exc)
+    elif name == "extra" and not isinstance(value, bool):
+        problem = "expected true or false"
+    elif name == "data_dir" and not isinstance(value, str):
+        problem = "expected a folder name"
+    if problem:
+        flag = "--" + name.replace("_", "-")
+        raise XpnetError(f"the checkpoint's config has {name} = {value!r}, which {flag} would refuse ({problem}); "
+                         f"the file was edited or damaged: give {flag} explicitly or use another checkpoint")
 
 
 def choose_backend(device: str, log):

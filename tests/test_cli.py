@@ -56,6 +56,30 @@ def test_resume_needs_more_epochs(tmp_path, capsys):
     assert code == 2 and "already holds 1 epochs; pass --epochs greater than 1" in err
 
 
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("batch_size", -5, "batch_size = -5, which --batch-size would refuse (must be at least 1"),
+        ("lr", "fast", "lr = 'fast', which --lr would refuse (expected a number)"),
+        ("model", "resnet", "model = 'resnet', which --model would refuse (expected one of lnet, mlp)"),
+        ("extra", "yes", "extra = 'yes', which --extra would refuse (expected true or false)"),
+    ],
+)
+def test_resume_refuses_a_hand_edited_config(tmp_path, capsys, name, value, message):
+    out = tmp_path / "run"
+    run(SMALL + ["--epochs", "1", "--out", str(out)], capsys)
+    path = out / "checkpoint.npz"
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = dict(stored)
+    meta = json.loads(str(arrays["meta"]))
+    meta["config"][name] = value
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    code, _, err = run(["--resume", str(path), "--epochs", "2", "--device", "cpu"], capsys)
+    assert code == 2 and err.startswith("error: the checkpoint's config has ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_evaluate_and_predict(tmp_path, capsys):
     from PIL import Image
 
