@@ -36,7 +36,7 @@ also records each worker's resident size right after its imports.
 Workers get ``--threads`` N through OMP_NUM_THREADS, OPENBLAS_NUM_THREADS and
 MKL_NUM_THREADS (and torch.set_num_threads(N)), so both frameworks use the same number of
 threads. Results go to a table on stdout and to a JSON file (``--json``; by default
-benchmarks/results/<device>-<date>.json).
+benchmarks/results/<device>-<date>-<hhmm>.json).
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=_positive_int, default=1,
                         help="measure everything this many times, round after round, and report medians; on a machine "
                              "whose load changes, 3 or more make the ratios steadier (default: %(default)s)")
-    parser.add_argument("--json", type=Path, default=None, help="where to write the results (default benchmarks/results/<device>-<date>.json)")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results (default benchmarks/results/<device>-<date>-<hhmm>.json)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: batch 8, 1 warm-up, 1 repeat of 2 steps")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed for one worker subprocess (default: %(default)s)")
     parser.add_argument("--worker", metavar="SPEC", default=None, help=argparse.SUPPRESS)
@@ -697,7 +697,8 @@ def _installed_version(distribution: str) -> str | None:
 
 
 def default_json_path(device: str, now: _dt.datetime) -> Path:
-    return REPO_ROOT / "benchmarks" / "results" / f"{device}-{now:%Y-%m-%d}.json"
+    """benchmarks/results/<device>-<date>-<hhmm>.json: a second run the same day keeps the first."""
+    return REPO_ROOT / "benchmarks" / "results" / f"{device}-{now:%Y-%m-%d-%H%M}.json"
 
 
 def print_header(args: argparse.Namespace, env: dict[str, str], probes: dict[str, dict[str, Any]]) -> None:

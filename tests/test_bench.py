@@ -125,3 +125,11 @@ def test_torch_twins_match_xpnet_models():
         with torch.no_grad():
             expected = theirs(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(backend.to_numpy(ours.forward(backend.asarray(x))), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_default_json_path_keeps_earlier_runs_of_the_same_day():
+    import datetime as dt
+
+    morning = bench.default_json_path("cpu", dt.datetime(2026, 11, 26, 9, 5))
+    evening = bench.default_json_path("cpu", dt.datetime(2026, 11, 26, 21, 40))
+    assert morning.name == "cpu-2026-11-26-0905.json" and evening.name == "cpu-2026-11-26-2140.json"
