@@ -26,7 +26,7 @@ from array_api_compat import device as array_device
 from backends import backend_of
 
 # Below this many elements a parameter is updated in one piece: handing rows to threads
-# costs tens of microseconds, more than the update of a small array.
+# costs tens of microseconds, more than the update of a small array (which fits the cache).
 PARALLEL_MIN_ELEMENTS = 1 << 20
 
 
@@ -88,7 +88,7 @@ class Optimizer:
         """
         data = arrays[0]
         backend = backend_of(data)
-        if backend is None or backend.threads == 1 or data.ndim == 0 or data.size < PARALLEL_MIN_ELEMENTS:
+        if backend is None or data.ndim == 0 or data.size < PARALLEL_MIN_ELEMENTS:
             update(*arrays)
             return
         row_bytes = (data.size // data.shape[0]) * (array_namespace(data).finfo(data.dtype).bits // 8)
