@@ -13,7 +13,8 @@ from .atomic import write_atomically
 def plot_curves(history: list[dict], path) -> Path:
     """Loss (train, test) and accuracy (train, test) per epoch, side by side."""
     epochs = [row["epoch"] for row in history]
-    figure = Figure(figsize=(10, 4), layout="constrained")
+    figure = Figure(figsize=(10, 4))  # fixed margins: constrained layout doubled the drawing time
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.91, wspace=0.22)
     FigureCanvasAgg(figure)
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     loss_axes.plot(epochs, [row["train_loss"] for row in history], "o-", label="train")
@@ -36,7 +37,8 @@ def plot_confusion(confusion: np.ndarray, path, class_names=None, title: str = "
     classes = confusion.shape[0]
     names = [str(c) for c in range(classes)] if class_names is None else list(class_names)
     shares = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    figure = Figure(figsize=(6.5, 5.5), layout="constrained")
+    figure = Figure(figsize=(6.5, 5.5))
+    figure.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     image = axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
