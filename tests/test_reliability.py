@@ -387,33 +387,8 @@ def test_weights_broken_by_the_last_step_are_never_saved(tmp_path):
 
 
 # -- 5. bad values on the command line ------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--epochs", "-1"], "--epochs: must be at least 1"),
-        (["--epochs", "2.5"], "--epochs: expected a whole number"),
-        (["--batch-size", "0"], "--batch-size: must be at least 1"),
-        (["--lr", "-0.1"], "--lr: must be a positive number"),
-        (["--lr", "nan"], "--lr: must be a positive number"),
-        (["--lr", "inf"], "--lr: must be a positive number"),
-        (["--momentum", "-1"], "--momentum: must be zero or positive"),
-        (["--weight-decay", "nan"], "--weight-decay: must be zero or positive"),
-        (["--seed", "-1"], "--seed: must be zero or positive"),
-        (["--seed", "x"], "--seed: expected a whole number"),
-        (["--train-size", "0"], "--train-size: must be at least 1"),
-        (["--test-size", "0"], "--test-size: must be at least 1"),
-        (["--device", "tpu"], "invalid choice: 'tpu'"),
-        (["--dtype", "float16"], "invalid choice: 'float16'"),
-        (["--dataset", "mnist"], "invalid choice: 'mnist'"),
-        (["--checkpoint", "a.npz"], "--checkpoint goes with --predict"),
-        (["--predict", "x.png", "--checkpoint", "a.npz", "--resume", "b.npz"], "cannot be used together"),
-    ],
-)
-def test_more_bad_arguments_are_usage_errors(argv, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+# The usage-error cases (negative, NaN, infinite or non-numeric values, unknown choices,
+# conflicting modes) are in tests/test_cli.py: test_bad_arguments_are_usage_errors.
 
 
 def _parse_quietly(argv):
