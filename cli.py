@@ -120,13 +120,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings(args: argparse.Namespace, saved: dict | None = None) -> dict:
     """The run's settings: explicit flags, else the checkpoint's (when resuming), else defaults."""
     saved = saved or {}
+    flags = {action.dest: action for action in build_parser()._actions} if saved else {}
     chosen = {}
     for name, default in {**DEFAULTS, "extra": False}.items():
         value = getattr(args, name, None)
         if value is None and name in RESUMED_SETTINGS:
             value = saved.get(name)
             if value is not None:
-                check_saved_setting(name, value)
+                check_saved_setting(flags[name], value)
         chosen[name] = default if value is None else value
     if chosen["lr"] is None:
         chosen["lr"] = LEARNING_RATES[chosen["optimizer"]]
@@ -135,13 +136,13 @@ def settings(args: argparse.Namespace, saved: dict | None = None) -> dict:
     return chosen
 
 
-def check_saved_setting(name: str, value) -> None:
+def check_saved_setting(action: argparse.Action, value) -> None:
     """A setting read back from a checkpoint's config must pass the checks its flag has.
 
     Checkpoints written by xpnet always do; a hand-edited or damaged one gets a clear
     error here instead of a failure deep inside training.
     """
-    action = next(action for action in build_parser()._actions if action.dest == name)
+    name = action.dest
     problem = None
     if action.choices is not None:
         if value not in action.choices:

@@ -63,7 +63,7 @@ def save_checkpoint(path, model, optimizer=None, *, epoch: int, backend, config:
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     try:
-        (path.parent if str(path.parent) else Path(".")).mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda stream: np.savez(stream, **arrays))
     except OSError as exc:
         raise CheckpointError(
