@@ -8,6 +8,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .counting import as_one_operation, count_transfer, matmul_launches
+from .fusion import FusedFunction
+
 FLOAT_DTYPES = ("float32", "float64")
 MIN_ROWS_PER_THREAD = 16  # below this, splitting a batch across threads costs more than it saves
 # Below this much work per thread (floating-point operations, for callers that say), handing
@@ -16,6 +19,13 @@ MIN_ROWS_PER_THREAD = 16  # below this, splitting a batch across threads costs m
 # 131 MFLOP (batch 250) 5.6 ms serial, 4.3 ms split.
 MIN_WORK_PER_THREAD = 32e6
 CPU_TILE_BYTES = 4 * 2**20  # per-thread working set of a batch tile (see Backend.batch_tile)
+# Below this many elements an element-wise update of flat arrays runs in one piece: handing
+# blocks to threads costs tens of microseconds, more than updating a small array.
+PARALLEL_MIN_ELEMENTS = 1 << 20
+# On a device where every operation is a launch: the largest temporary work array (Conv2D's
+# im2col columns) a layer builds for a whole batch; larger batches go through in chunks.
+# 128 MiB keeps LNet's conv layers to one chunk up to batch 400 and bounds memory above.
+DEVICE_WORK_BYTES = 128 * 2**20
 
 
 def cpu_threads() -> int:
@@ -71,11 +81,22 @@ def host_rng(seed: int | None = 0) -> np.random.Generator:
 
 @dataclass(eq=False)
 class Backend:
-    """A named array namespace and its device.
+    """A named array namespace and its device, and how work is best run there.
 
     ``xp`` is an array-API namespace (array-api-compat's NumPy or CuPy wrapper, or
     array-api-strict). ``array_type`` is the class of the arrays it makes, so layers can
     tell at once when they are handed an array from another backend.
+
+    Device policy, which layers read but never decide:
+
+    * ``launch_bound``: every array operation is a kernel launch whose fixed host cost
+      (about 10 µs with CuPy) outweighs the arithmetic at these sizes. Layers then take
+      formulations with few, whole-batch operations (cuda; strict mirrors it, so that
+      ``backends.counting`` counts on the CPU what a GPU would launch).
+    * ``threads`` and ``tile_bytes``: the cpu backend splits work over cores
+      (``map_slices``) and walks large buffers in cache-sized tiles (``batch_tile``).
+    * ``work_bytes``: on launch-bound devices, the largest temporary a layer builds at once.
+    * ``fuse``: a chain of element-wise operations as one kernel (cuda), see backends/fusion.py.
     """
 
     name: str
@@ -86,7 +107,13 @@ class Backend:
     _synchronize: Callable[[], None] = field(repr=False, default=lambda: None)
     threads: int = 1  # CPU threads map_slices may use; 1 on devices that queue their own work
     tile_bytes: int | None = None  # batch_tile's budget; None: no tiling
+    launch_bound: bool = False  # each operation is a device launch: prefer few, whole-batch operations
+    work_bytes: int | None = None  # largest temporary work array on a launch-bound device
+    native: Any = field(default=None, repr=False)  # NumPy or CuPy itself (for out=); None on strict
+    _compile: Callable | None = field(default=None, repr=False)  # (function, name) -> one compiled kernel
     blas_limit: Any = field(default=None, repr=False)  # keeps BLAS single-threaded while threads > 1
+    _fused: dict = field(default_factory=dict, repr=False)
+    _constants: dict = field(default_factory=dict, repr=False)
 
     def dtype(self, dtype: Any):
         """``"float32"``/``"float64"`` (or an xp dtype) as this namespace's dtype object."""
@@ -114,6 +141,7 @@ class Backend:
         """Bring an array of this backend back to the host as a NumPy array."""
         if isinstance(array, np.ndarray):
             return array
+        count_transfer()
         return self._to_host(array)
 
     def synchronize(self) -> None:
@@ -122,6 +150,70 @@ class Backend:
 
     def is_array(self, value) -> bool:
         return isinstance(value, self.array_type)
+
+    # -- operations whose best form depends on the device ---------------------------------
+    def fuse(self, function: Callable, **static) -> FusedFunction:
+        """``function(xp, *arrays)`` as one operation: one kernel on cuda, the plain calls elsewhere.
+
+        ``static`` keyword arguments choose a variant (each is compiled separately). The
+        fused function is made once per function and variant, and reused.
+        """
+        key = (function, tuple(sorted(static.items())))
+        fused = self._fused.get(key)
+        if fused is None:
+            name = function.__name__ + "".join(f"_{k}_{v}" for k, v in sorted(static.items()))
+            fused = self._fused[key] = FusedFunction(function, self.xp, name, static, self._compile, self.native)
+        return fused
+
+    def matmul(self, a, b, out=None):
+        """``a @ b``, written into ``out`` when given (so a gradient lands in its buffer with no copy)."""
+        if out is None:
+            return self.xp.matmul(a, b)
+        if self.native is not None:
+            return self.native.matmul(a, b, out=out)
+        with as_one_operation("matmul", matmul_launches(a, b)):
+            out[...] = self.xp.matmul(a, b)
+        return out
+
+    def sum(self, x, axis=None, out=None):
+        """``xp.sum(x, axis=axis)``, written into ``out`` when given."""
+        if out is None:
+            return self.xp.sum(x, axis=axis)
+        if self.native is not None:
+            return self.native.sum(x, axis=axis, out=out)
+        with as_one_operation("sum"):
+            out[...] = self.xp.sum(x, axis=axis)
+        return out
+
+    def constant(self, value: float, dtype):
+        """A 0-d device array holding ``value``, made once (``xp.where``/``xp.maximum`` need arrays)."""
+        key = (value, str(dtype))
+        array = self._constants.get(key)
+        if array is None:
+            array = self._constants[key] = self.xp.asarray(value, dtype=dtype)
+        return array
+
+    def map_blocks(self, update: Callable, *arrays) -> None:
+        """``update(*arrays)`` for equally long 1-D arrays, in place, by blocks where that helps.
+
+        On the cpu backend, large arrays are split into cache-sized blocks over the
+        threads, so an update rule's several passes read each block from the cache (the
+        rule must be element-wise, so each block is the same arithmetic). Elsewhere, and
+        for small arrays, one call with the whole arrays.
+        """
+        length = arrays[0].shape[0]
+        if self.threads <= 1 and self.tile_bytes is None or length < PARALLEL_MIN_ELEMENTS:
+            update(*arrays)
+            return
+        item_bytes = sum(self.xp.finfo(a.dtype).bits // 8 for a in arrays if a is not None)
+        block = self.batch_tile(item_bytes) or length
+
+        def update_blocks(part):
+            for start in range(part.start, part.stop, block):
+                piece = slice(start, min(start + block, part.stop))
+                update(*(None if a is None else a[piece] for a in arrays))
+
+        self.map_slices(update_blocks, length)
 
     def map_slices(self, function: Callable[[slice], Any], length: int, work: float | None = None) -> list:
         """``function(part)`` for contiguous slices ``part`` that together cover ``range(length)``.

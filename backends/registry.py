@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from .base import CPU_TILE_BYTES, Backend, BackendUnavailableError, cpu_threads, single_threaded_blas
+from .base import CPU_TILE_BYTES, DEVICE_WORK_BYTES, Backend, BackendUnavailableError, cpu_threads, single_threaded_blas
 
 BACKEND_NAMES = ("cpu", "cuda", "auto", "strict")
 
@@ -21,7 +21,7 @@ def _cpu() -> Backend:
 
     threads = cpu_threads()
     backend = Backend("cpu", xp, np.ndarray, _to_device=lambda a: a, _to_host=lambda a: a, threads=threads,
-                      tile_bytes=CPU_TILE_BYTES)
+                      tile_bytes=CPU_TILE_BYTES, native=np)
     if threads > 1:
         backend.blas_limit = single_threaded_blas()
     return backend
@@ -39,12 +39,16 @@ def _strict() -> Backend:
     # The oldest standard that every supported library implements: code that runs here
     # uses nothing newer, so it runs on CuPy 13 too.
     xp.set_array_api_strict_flags(api_version="2023.12")
+    # Formulated as on a GPU (launch-bound, one tile), so that the operations counted here
+    # are the kernels cuda launches (backends/counting.py).
     return Backend(
         "strict",
         xp,
         xp.Array if hasattr(xp, "Array") else type(xp.asarray(0)),
         _to_device=lambda a: xp.asarray(a),
         _to_host=lambda a: np.from_dlpack(a).copy(),
+        launch_bound=True,
+        work_bytes=DEVICE_WORK_BYTES,
     )
 
 
@@ -89,6 +93,10 @@ def _cuda() -> Backend:
         _to_device=cupy.asarray,
         _to_host=cupy.asnumpy,
         _synchronize=lambda: cupy.cuda.get_current_stream().synchronize(),
+        launch_bound=True,
+        work_bytes=DEVICE_WORK_BYTES,
+        native=cupy,
+        _compile=lambda function, name: cupy.fuse(kernel_name=name)(function),
     )
 
 
