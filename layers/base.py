@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from backends import Backend, get_backend
 
-from .parameter import Parameter
+from .parameter import Parameter, flatten_parameters
 
 
 class Layer:
@@ -60,8 +60,7 @@ class Layer:
         new_dtype = target.dtype(dtype) if dtype is not None else target.dtype(_dtype_name(self.dtype))
         for parameter in self.parameters():
             host = self.backend.to_numpy(parameter.data)
-            parameter.data = target.asarray(host, dtype=new_dtype)
-            parameter.grad = None
+            parameter.place(target.asarray(host, dtype=new_dtype))
         self.backend, self.xp, self.dtype = target, target.xp, new_dtype
         self._cache = None
         self._scratch_arrays = {}
@@ -135,8 +134,9 @@ class Layer:
 
 
 def _dtype_name(dtype) -> str:
+    """"float32" or "float64" for a float dtype object of any backend (else its own name)."""
     text = str(dtype)
-    return "float64" if "64" in text else "float32"
+    return next((name for name in ("float64", "float32") if name in text), text)
 
 
 class Sequential(Layer):
@@ -148,6 +148,7 @@ class Sequential(Layer):
         for index, layer in enumerate(self.layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential takes Layer objects, got {type(layer).__name__} at position {index}")
+        self.flat = flatten_parameters(self.parameters())  # one buffer for all parameters (and one for gradients)
 
     def forward(self, x):
         for layer in self.layers:
@@ -183,6 +184,7 @@ class Sequential(Layer):
             layer.to(backend, dtype)
         first = self.layers[0] if self.layers else Layer().to(backend, dtype)
         self.backend, self.xp, self.dtype = first.backend, first.xp, first.dtype
+        self.flat = flatten_parameters(self.parameters())
         return self
 
     def train(self) -> "Sequential":
