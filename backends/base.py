@@ -111,6 +111,7 @@ class Backend:
     work_bytes: int | None = None  # largest temporary work array on a launch-bound device
     native: Any = field(default=None, repr=False)  # NumPy or CuPy itself (for out=); None on strict
     _compile: Callable | None = field(default=None, repr=False)  # (function, name) -> one compiled kernel
+    fusion_namespace: Any = field(default=None, repr=False)  # the xp a function being compiled calls
     blas_limit: Any = field(default=None, repr=False)  # keeps BLAS single-threaded while threads > 1
     _fused: dict = field(default_factory=dict, repr=False)
     _constants: dict = field(default_factory=dict, repr=False)
@@ -162,7 +163,8 @@ class Backend:
         fused = self._fused.get(key)
         if fused is None:
             name = function.__name__ + "".join(f"_{k}_{v}" for k, v in sorted(static.items()))
-            fused = self._fused[key] = FusedFunction(function, self.xp, name, static, self._compile, self.native)
+            fused = self._fused[key] = FusedFunction(function, self.xp, name, static, self._compile,
+                                                     self.fusion_namespace)
         return fused
 
     def matmul(self, a, b, out=None):

@@ -45,13 +45,13 @@ class FusedFunction:
     """
 
     def __init__(self, function: Callable, xp, name: str, static: dict[str, Any],
-                 compile: Callable | None = None, native=None):
+                 compile: Callable | None = None, namespace=None):
         self.name = name
         self.xp = xp
         self.plain = functools.partial(function, xp, **static)
         self._compiled = None
         if compile is not None:
-            self._compiled = compile(functools.partial(function, native, **static), name)
+            self._compiled = compile(functools.partial(function, namespace, **static), name)
         self._checked: dict[tuple, bool] = {}  # signature → the compiled kernel agrees with the plain function
 
     def __call__(self, *args):

@@ -97,7 +97,23 @@ def _cuda() -> Backend:
         work_bytes=DEVICE_WORK_BYTES,
         native=cupy,
         _compile=lambda function, name: cupy.fuse(kernel_name=name)(function),
+        fusion_namespace=_FusionNamespace(cupy),
     )
+
+
+class _FusionNamespace:
+    """CuPy as a fused function sees it: ``cupy.astype`` refuses the placeholders ``cupy.fuse``
+    traces with (it checks for a real ndarray), their own ``.astype`` method works."""
+
+    def __init__(self, cupy):
+        self._cupy = cupy
+
+    def __getattr__(self, name):
+        return getattr(self._cupy, name)
+
+    @staticmethod
+    def astype(x, dtype, /, *, copy=True):
+        return x.astype(dtype, copy=copy)
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

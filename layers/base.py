@@ -118,6 +118,13 @@ class Layer:
             array = self._scratch_arrays[name] = allocate(shape, dtype=dtype)
         return array
 
+    def _constant(self, name: str, make):
+        """An array the layer makes once, with ``make()``, and reuses (index tables, ranks)."""
+        array = self._scratch_arrays.get(name)
+        if array is None:
+            array = self._scratch_arrays[name] = make()
+        return array
+
     def _saved(self):
         if self._cache is None:
             raise RuntimeError(
@@ -131,6 +138,13 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
+
+
+def check_positive(**sizes: int) -> None:
+    """Refuse sizes (channels, features) that are not positive integers, naming the argument."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _dtype_name(dtype) -> str:

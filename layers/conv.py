@@ -1,46 +1,59 @@
-"""Conv2D: 2-D convolution (cross-correlation, as in PyTorch) by row-wise im2col + matmul."""
+"""Conv2D: 2-D convolution (cross-correlation, as in PyTorch).
+
+The math is ``conv2d_reference`` and ``conv2d_backward_reference`` below: one kernel
+position at a time, the definition written with array operations. The layer runs one of
+two engines that compute the same thing faster, chosen by what the backend prefers:
+
+* layers/conv_rows.py (CPU): row-wise im2col in cache-sized tiles over the cores;
+* layers/conv_gather.py (GPU, launch-bound): im2col and col2im as index gathers, the
+  whole batch in a handful of operations.
+
+Tests hold both engines, on every backend, to the reference.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from .base import Layer
+from .base import Layer, check_positive
+from .conv_gather import GatherConv
+from .conv_rows import RowwiseConv
 from .init import uniform_fan_in
-from .linear import _check_positive
 from .parameter import Parameter
-from .windows import pair
+from .windows import output_size, pair, window_slices, zero_pad
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """Where the kernel reads in the flattened, padded input (see docs/math.md, Conv2D).
+def conv2d_reference(xp, x, weight, bias, stride, padding):
+    """``y[n, f, oh, ow] = b[f] + Σ_{c,i,j} W[f, c, i, j] · x_pad[n, c, sh·oh + i, sw·ow + j]``.
 
-    Each padded image is stored row after row in a flat array whose rows are ``row``
-    elements long (the padded width rounded up to a multiple of the column stride sw).
-    Number the outputs ``m = oh·pitch + ow`` with ``pitch = sh·row / sw``. Then output m
-    with kernel position (i, j) reads flat element ``j + sw·(m + i·shift)``, with
-    ``shift = row / sw``: kernel row i is the same read as kernel row 0, ``i·shift``
-    outputs later. Outputs with ow ≥ OW are "wide" extras that read past the row end;
-    they are computed and ignored (their gradient is zero): (kw - 1) extra columns per
-    row at stride 1, about sh times the outputs at row stride sh > 1.
+    x (N, C, H, W), weight (F, C, kh, kw), bias (F,) or None → y (N, F, OH, OW). For each
+    kernel position (i, j), the inputs it sees form a strided view (N, C, OH, OW) of the
+    padded input, and their contribution is a sum over C with W[:, :, i, j].
     """
+    f, _, kh, kw = weight.shape
+    x_pad = zero_pad(xp, x, padding)
+    out_h, out_w = output_size(x.shape[2], kh, stride[0], padding[0]), output_size(x.shape[3], kw, stride[1], padding[1])
+    y = xp.zeros((x.shape[0], out_h, out_w, f), dtype=x.dtype)
+    for i, j, rows, columns in window_slices((kh, kw), stride, out_h, out_w):
+        y += xp.tensordot(x_pad[:, :, rows, columns], weight[:, :, i, j], axes=([1], [1]))  # (N, OH, OW, F)
+    y = xp.permute_dims(y, (0, 3, 1, 2))
+    return y if bias is None else y + xp.reshape(bias, (1, f, 1, 1))
 
-    out_h: int
-    out_w: int
-    row: int  # elements per padded row in the flat input
-    pitch: int  # wide outputs per output row
-    shift: int  # outputs between kernel rows i and i + 1
-    rows: int  # rows per channel in the flat input: the padded image and, if needed, zero rows after it
-    kernel_h: int
 
-    @property
-    def length(self) -> int:
-        """Wide outputs per channel: ``out_h · pitch``."""
-        return self.out_h * self.pitch
+def conv2d_backward_reference(xp, x, weight, dy, stride, padding):
+    """(dx, dW, db) for ``y = conv2d_reference(x, W, b)`` and dL/dy = dy (N, F, OH, OW).
 
-    @property
-    def span(self) -> int:
-        """Positions of the row-wise columns: the outputs plus (kh - 1) kernel-row shifts."""
-        return self.length + (self.kernel_h - 1) * self.shift
+    Each kernel position (i, j) read the strided view ``x_pad[:, :, rows, columns]``, so:
+    ``dW[:, :, i, j] = Σ_{n,oh,ow} dy ⊗ view``, ``dview += Σ_f dy · W[:, :, i, j]`` (the
+    views of different positions overlap, so their gradients add up in dx_pad), and
+    ``db = Σ_{n,oh,ow} dy``. dx is dx_pad without its border.
+    """
+    (ph, pw), (_, c, kh, kw) = padding, weight.shape
+    n, _, h, w = x.shape
+    x_pad = zero_pad(xp, x, padding)
+    dx_pad = xp.zeros(x_pad.shape, dtype=dy.dtype)
+    dw = xp.zeros(weight.shape, dtype=dy.dtype)
+    for i, j, rows, columns in window_slices((kh, kw), stride, dy.shape[2], dy.shape[3]):
+        dw[:, :, i, j] = xp.tensordot(dy, x_pad[:, :, rows, columns], axes=([0, 2, 3], [0, 2, 3]))
+        dx_pad[:, :, rows, columns] += xp.permute_dims(xp.tensordot(dy, weight[:, :, i, j], axes=([1], [0])), (0, 3, 1, 2))
+    return dx_pad[:, :, ph:ph + h, pw:pw + w], dw, xp.sum(dy, axis=(0, 2, 3))
 
 
 class Conv2D(Layer):
@@ -49,22 +62,13 @@ class Conv2D(Layer):
     Shapes: x (N, C, H, W) → y (N, F, OH, OW) with ``OH = (H + 2·ph - kh) // sh + 1``
     (likewise OW); weight (F, C, kh, kw), bias (F,), as in torch.nn.Conv2d.
 
-    Row-wise im2col (the math, with shapes, is in docs/math.md): ``R[(c, j), m]`` holds
-    the input under kernel column j for the span of positions m, kh times smaller than
-    full im2col. One matmul with the weight as (kh·F, C·kw) gives every kernel row's
-    partial output ``Z[(i, f), m]``; ``y[f, m] = Σ_i Z[(i, f), m + i·shift]``.
-    Backward stacks dy shifted by each kernel row, ``D[(i, f), m] = dy[f, m - i·shift]``;
-    then ``dW = D @ Rᵀ``, ``dR = W2ᵀ @ D`` and col2im adds each kernel column's run of dR
-    back onto dx.
-
-    The batch goes through in tiles of a few images (``Backend.batch_tile``) so that R, Z
-    and D stay in the CPU cache; backward rebuilds each tile's R from the saved padded
-    input instead of keeping R for the whole batch.
+    Forward and backward compute ``conv2d_reference`` and ``conv2d_backward_reference``,
+    through the engine that suits the backend (see the module docstring).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True, rng=None):
         super().__init__()
-        _check_positive(in_channels=in_channels, out_channels=out_channels)
+        check_positive(in_channels=in_channels, out_channels=out_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = pair(kernel_size, "kernel_size", minimum=1)
         self.stride = pair(stride, "stride", minimum=1)
@@ -73,162 +77,42 @@ class Conv2D(Layer):
         fan_in = in_channels * kh * kw
         self.weight = Parameter(self.backend.asarray(uniform_fan_in(rng, (out_channels, in_channels, kh, kw), fan_in)))
         self.bias = Parameter(self.backend.asarray(uniform_fan_in(rng, (out_channels,), fan_in))) if bias else None
-        self._forward_calls = 0
-        self._columns_held = {}  # columns buffer name → (buffer id, forward call, tile start, tile stop) it holds
+        self._engine = None
 
     def output_shape(self, input_shape):
         n, _, h, w = input_shape
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return (n, self.out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+        return (n, self.out_channels, output_size(h, kh, sh, ph), output_size(w, kw, sw, pw))
 
-    def _geometry(self, h: int, w: int) -> _Geometry:
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        _, _, out_h, out_w = self.output_shape((1, 1, h, w))
-        row = -(-(w + 2 * pw) // sw) * sw
-        shift = row // sw
-        pitch = sh * shift
-        span = out_h * pitch + (kh - 1) * shift
-        elements_read = (kw - 1) + sw * (span - 1) + 1
-        return _Geometry(out_h, out_w, row, pitch, shift, max(h + 2 * ph, -(-elements_read // row)), kh)
+    def engine(self):
+        """The implementation that suits this layer's backend (made on first use, and after ``to``)."""
+        if self._engine is None:
+            self._engine = GatherConv(self) if self.backend.launch_bound else RowwiseConv(self)
+        return self._engine
 
-    def _weight_rows(self):
-        """The weight as (kh·F, C·kw): row (i, f), column (c, j)."""
-        f, c, (kh, kw) = self.out_channels, self.in_channels, self.kernel_size
-        return self.xp.reshape(self.xp.permute_dims(self.weight.data, (2, 0, 1, 3)), (kh * f, c * kw))
-
-    def _padded_flat(self, x, geometry: _Geometry):
-        """x zero-padded into rows of ``geometry.row``, flattened: (N, C, rows·row)."""
-        n, c, h, w = x.shape
-        ph, pw = self.padding
-        # zeroed when allocated; later calls only overwrite the interior, so the padding stays zero
-        padded = self._scratch("padded", (n, c, geometry.rows, geometry.row), x.dtype, zeroed=True)
-        padded[:, :, ph:ph + h, pw:pw + w] = x
-        return self.xp.reshape(padded, (n, c, geometry.rows * geometry.row))
-
-    def _tile_size(self, geometry: _Geometry, part: slice, dtype) -> int:
-        """Images per tile: as many as the backend's cache budget allows for R and Z (or D)."""
-        (kh, kw), f = self.kernel_size, self.out_channels
-        elements = (self.in_channels * kw + kh * f) * geometry.span
-        return min(self.backend.batch_tile(elements * (self.xp.finfo(dtype).bits // 8)) or part.stop,
-                   part.stop - part.start)
-
-    def _padded_rows(self) -> int:
-        """Rows of the R buffer: C·kw, plus zero rows up to a multiple of 8 when that adds at most 1/8.
-
-        The weight-gradient matmul (kh·F, span) @ (span, rows) runs about 1.4x faster in
-        OpenBLAS with 16 rows than with LNet's first layer's 15; the zero rows give zero
-        gradient columns, which are dropped.
-        """
-        rows = self.in_channels * self.kernel_size[1]
-        padded = -(-rows // 8) * 8
-        return padded if 8 * (padded - rows) <= rows else rows
-
-    def _column_tiles(self, flat, geometry: _Geometry, part: slice, forward_call: int):
-        """Row-wise im2col, tile by tile: yields (tile, R) with R (tile size, padded rows, span).
-
-        Row c·kw + j of R is input channel c under kernel column j; rows past C·kw are
-        zero (``_padded_rows``). R lives in one buffer per thread (per ``part``),
-        overwritten by the next tile; on backends that do not tile, the buffer holds the
-        whole batch. A buffer still holding this tile's columns from the same forward call
-        (``forward_call``; always so on a GPU) is used as it is.
-        """
-        c, kw, sw, span = self.in_channels, self.kernel_size[1], self.stride[1], geometry.span
-        name = f"columns@{part.start}"
-        shape = (self._tile_size(geometry, part, flat.dtype), self._padded_rows(), span)
-        buffer = self._scratch(name, shape, flat.dtype, zeroed=True)  # the padding rows stay zero
-        for start in range(part.start, part.stop, buffer.shape[0]):
-            tile = slice(start, min(start + buffer.shape[0], part.stop))
-            columns = buffer[:tile.stop - tile.start, ...]
-            if self._columns_held.get(name) != (id(buffer), forward_call, tile.start, tile.stop):
-                for j in range(kw):
-                    columns[:, j:c * kw:kw, :] = flat[tile, :, j:j + sw * (span - 1) + 1:sw]
-                self._columns_held[name] = (id(buffer), forward_call, tile.start, tile.stop)
-            yield tile, columns
+    def to(self, backend, dtype=None) -> "Conv2D":
+        super().to(backend, dtype)
+        self._engine = None
+        return self
 
     def forward(self, x):
-        xp = self.xp
         self._check_input(x, rank=4, expected=f"(N, {self.in_channels}, H, W)")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{self!r} expects input (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         self._check_param_dtype(x)
-        n, c, h, w = x.shape
-        (kh, kw), (ph, pw), f = self.kernel_size, self.padding, self.out_channels
+        h, w = x.shape[2], x.shape[3]
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
         if h + 2 * ph < kh or w + 2 * pw < kw:
             raise ValueError(f"{self!r}: input {h}x{w} with padding {self.padding} is smaller than the kernel {kh}x{kw}")
-        geometry = self._geometry(h, w)
-        flat = self._padded_flat(x, geometry)
-        self._forward_calls += 1
-        forward_call = self._forward_calls
-        weight_rows = self._weight_rows()
-        length, shift = geometry.length, geometry.shift
-        y = xp.empty((n, f, length), dtype=x.dtype)
-
-        bias = None if self.bias is None else self.bias.data[:, None]
-
-        def multiply(part):
-            for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
-                z = xp.reshape(xp.matmul(weight_rows, columns[:, :c * kw, :]), (-1, kh, f, geometry.span))
-                y[tile, ...] = z[:, 0, :, :length] if bias is None else z[:, 0, :, :length] + bias
-                for i in range(1, kh):
-                    y[tile, ...] += z[:, i, :, i * shift:i * shift + length]
-
-        self.backend.map_slices(multiply, n)
-        self._cache = (flat, geometry, tuple(x.shape), forward_call) if self.training else None
-        y = xp.reshape(y, (n, f, geometry.out_h, geometry.pitch))
-        return y[:, :, :, :geometry.out_w]
+        y, saved = self.engine().forward(x)
+        self._cache = saved if self.training else None
+        return y
 
     def backward_params(self, dy) -> None:
-        self._backward(dy, input_grad=False)
+        self.engine().backward(dy, self._saved(), input_grad=False)
 
     def backward(self, dy):
-        return self._backward(dy, input_grad=True)
-
-    def _backward(self, dy, input_grad: bool):
-        xp = self.xp
-        flat, geometry, (n, c, h, w), forward_call = self._saved()
-        (kh, kw), (ph, pw), sw = self.kernel_size, self.padding, self.stride[1]
-        f, length, shift, span = self.out_channels, geometry.length, geometry.shift, geometry.span
-        weight_rows = self._weight_rows()
-        dflat = xp.zeros(flat.shape, dtype=dy.dtype) if input_grad else None
-
-        def multiply(part):
-            tile_size = self._tile_size(geometry, part, dy.dtype)
-            # dy widened to the L outputs, then stacked once per kernel row, shifted:
-            # D[(i, f), m] = dy[f, m - i·shift]. Both buffers start zeroed and only the
-            # same regions are ever written, so the wide extras and the rest of each
-            # shifted row stay zero.
-            wide = self._scratch(f"dy@{part.start}", (tile_size, f, geometry.out_h, geometry.pitch), dy.dtype, zeroed=True)
-            stacked = self._scratch(f"stacked@{part.start}", (tile_size, kh, f, span), dy.dtype, zeroed=True)
-            grad = None
-            for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
-                size = tile.stop - tile.start
-                wide[:size, :, :, :geometry.out_w] = dy[tile, ...]
-                dy_wide = xp.reshape(wide[:size, ...], (size, f, length))
-                for i in range(kh):
-                    stacked[:size, i, :, i * shift:i * shift + length] = dy_wide
-                d = xp.reshape(stacked[:size, ...], (size, kh * f, span))
-                # Σ_n D_n @ R_nᵀ as a batched matmul and a sum (tensordot over (n, m)
-                # would first copy R into a transposed layout)
-                partial = xp.sum(xp.matmul(d, columns.mT), axis=0)[:, :c * kw]
-                grad = partial if grad is None else grad + partial
-                if input_grad:
-                    d_columns = xp.matmul(weight_rows.mT, d)  # (size, C·kw, span)
-                    # for one kernel column the run touches each element once, so "+=" on
-                    # the slice is an exact scatter-add
-                    for j in range(kw):
-                        dflat[tile, :, j:j + sw * (span - 1) + 1:sw] += d_columns[:, j::kw, :]
-            return grad
-
-        partial_sums = self.backend.map_slices(multiply, n)
-        grad = partial_sums[0]
-        for partial in partial_sums[1:]:
-            grad = grad + partial  # (kh·F, C·kw), rows (i, f), columns (c, j)
-        self.weight.grad = xp.permute_dims(xp.reshape(grad, (kh, f, c, kw)), (1, 2, 0, 3))
-        if self.bias is not None:
-            self.bias.grad = xp.sum(dy, axis=(0, 2, 3))
-        if not input_grad:
-            return None
-        return xp.reshape(dflat, (n, c, geometry.rows, geometry.row))[:, :, ph:ph + h, pw:pw + w]
+        return self.engine().backward(dy, self._saved(), input_grad=True)
 
     def extra_repr(self) -> str:
         text = f"{self.in_channels}→{self.out_channels}, kernel_size={self.kernel_size}"

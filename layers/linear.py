@@ -1,7 +1,7 @@
 """Linear: a fully connected layer."""
 from __future__ import annotations
 
-from .base import Layer
+from .base import Layer, check_positive
 from .init import uniform_fan_in
 from .parameter import Parameter
 
@@ -13,11 +13,16 @@ class Linear(Layer):
     and bias (out_features,), as in torch.nn.Linear.
 
     Backward: dW = dy.T @ x, db = Σ_n dy, dx = dy @ W.
+
+    Each matmul writes its result in place (the gradients straight into their flat
+    buffers). On the cpu backend a large one is split over the cores (``map_slices``): by
+    output features in forward and for dW, so each thread owns whole rows of the result,
+    and by examples for dx; elsewhere it is one call.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
         super().__init__()
-        _check_positive(in_features=in_features, out_features=out_features)
+        check_positive(in_features=in_features, out_features=out_features)
         self.in_features, self.out_features = in_features, out_features
         self.weight = Parameter(self.backend.asarray(uniform_fan_in(rng, (out_features, in_features), in_features)))
         self.bias = Parameter(self.backend.asarray(uniform_fan_in(rng, (out_features,), in_features))) if bias else None
@@ -27,13 +32,13 @@ class Linear(Layer):
         if x.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects input (N, {self.in_features}), got {tuple(x.shape)}")
         self._check_param_dtype(x)
-        xp, weight = self.xp, self.weight.data
-        y = xp.empty((x.shape[0], self.out_features), dtype=x.dtype)
+        backend, weight = self.backend, self.weight.data
+        y = self.xp.empty((x.shape[0], self.out_features), dtype=x.dtype)
 
-        def multiply(columns):  # split over output features: as fast as BLAS's own threads here
-            y[:, columns] = xp.matmul(x, weight[columns, ...].mT)
+        def multiply(features):  # y[:, features] = x @ W[features].T
+            backend.matmul(x, weight[features, ...].mT, out=y[:, features])
 
-        self.backend.map_slices(multiply, self.out_features, work=self._matmul_flops(x.shape[0]))
+        backend.map_slices(multiply, self.out_features, work=self._matmul_flops(x.shape[0]))
         if self.bias is not None:
             y += self.bias.data
         self._cache = x if self.training else None
@@ -41,27 +46,25 @@ class Linear(Layer):
 
     def backward(self, dy):
         self.backward_params(dy)
-        xp, weight = self.xp, self.weight.data
-        dx = xp.empty((dy.shape[0], self.in_features), dtype=dy.dtype)
+        backend, weight = self.backend, self.weight.data
+        dx = self.xp.empty((dy.shape[0], self.in_features), dtype=dy.dtype)
 
-        def multiply(part):
-            dx[part, ...] = xp.matmul(dy[part, ...], weight)
+        def multiply(examples):  # dx[examples] = dy[examples] @ W
+            backend.matmul(dy[examples, ...], weight, out=dx[examples, ...])
 
-        self.backend.map_slices(multiply, dy.shape[0], work=self._matmul_flops(dy.shape[0]))
+        backend.map_slices(multiply, dy.shape[0], work=self._matmul_flops(dy.shape[0]))
         return dx
 
     def backward_params(self, dy) -> None:
-        xp = self.xp
-        x = self._saved()
-        grad = xp.empty(self.weight.shape, dtype=dy.dtype)
+        backend, x = self.backend, self._saved()
+        grad = self.weight.grad_buffer()
 
-        def multiply(rows):  # split over output features: each thread owns whole rows of dW
-            grad[rows, ...] = xp.matmul(dy[:, rows].mT, x)
+        def multiply(features):  # dW[features] = dy[:, features].T @ x
+            backend.matmul(dy[:, features].mT, x, out=grad[features, ...])
 
-        self.backend.map_slices(multiply, self.out_features, work=self._matmul_flops(dy.shape[0]))
-        self.weight.grad = grad
+        backend.map_slices(multiply, self.out_features, work=self._matmul_flops(dy.shape[0]))
         if self.bias is not None:
-            self.bias.grad = xp.sum(dy, axis=0)
+            backend.sum(dy, axis=0, out=self.bias.grad_buffer())
 
     def _matmul_flops(self, batch_size: int) -> int:
         """Floating-point operations of one of the layer's matmuls (forward, dW or dx)."""
@@ -72,9 +75,3 @@ class Linear(Layer):
 
     def extra_repr(self) -> str:
         return f"{self.in_features}→{self.out_features}" + ("" if self.bias is not None else ", bias=False")
-
-
-def _check_positive(**sizes: int) -> None:
-    for name, value in sizes.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")

@@ -10,6 +10,11 @@ def pair(value, name: str, minimum: int) -> tuple[int, int]:
     return values
 
 
+def output_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
+    """Window positions along one axis: ``(size + 2·padding - kernel) // stride + 1``."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
 def window_slices(kernel_size, stride, out_h: int, out_w: int):
     """For each kernel position (i, j): the row and column slices it reads.
 
@@ -22,11 +27,9 @@ def window_slices(kernel_size, stride, out_h: int, out_w: int):
             yield i, j, slice(i, i + sh * (out_h - 1) + 1, sh), slice(j, j + sw * (out_w - 1) + 1, sw)
 
 
-def pad_images(xp, x, padding: tuple[int, int]):
-    """Zero-pad the last two axes of (N, C, H, W) by ``padding`` (there is no xp.pad)."""
+def zero_pad(xp, x, padding: tuple[int, int]):
+    """(N, C, H, W) zero-padded by ``padding`` on both sides of the last two axes (there is no xp.pad)."""
     ph, pw = padding
-    if ph == 0 and pw == 0:
-        return x
     n, c, h, w = x.shape
     padded = xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
     padded[:, :, ph:ph + h, pw:pw + w] = x
