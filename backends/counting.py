@@ -79,6 +79,7 @@ class OperationCounts:
 class _State(threading.local):
     counts: OperationCounts | None = None
     depth: int = 0  # > 0 while inside a counted operation or a fused function
+    unfused: bool = False  # count the operations inside fused functions one by one
 
 
 _STATE = _State()
@@ -90,10 +91,14 @@ def active_counts() -> OperationCounts | None:
 
 
 @contextlib.contextmanager
-def as_one_operation(name: str, operations: int = 1):
-    """Count what runs inside as ``operations`` (one: a kernel the backend fuses) named ``name``."""
+def as_one_operation(name: str, operations: int = 1, fused: bool = False):
+    """Count what runs inside as ``operations`` (one, normally) named ``name``.
+
+    ``fused``: the block is a function the backend fuses into one kernel; when counting
+    ``unfused``, its operations are counted one by one instead.
+    """
     counts = _STATE.counts
-    if counts is None or _STATE.depth:
+    if counts is None or _STATE.depth or (fused and _STATE.unfused):
         yield
         return
     counts.add(name, operations)
@@ -191,11 +196,13 @@ _PATCH_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def count_operations():
+def count_operations(unfused: bool = False):
     """Count the operations run on the strict backend (array-api-strict) inside the block.
 
     Yields an OperationCounts that fills as the block runs. Only this thread's operations
-    are counted; the strict backend runs everything in the calling thread.
+    are counted; the strict backend runs everything in the calling thread. ``unfused``:
+    count the operations inside fused functions one by one (what runs where nothing is
+    fused) instead of one per fused function.
     """
     import array_api_strict as xp
 
@@ -214,13 +221,13 @@ def count_operations():
                 continue
             patched.append((xp, name, value))
             setattr(xp, name, _counting(name, value, "allocation" if name in _ALLOCATIONS else "result"))
-    previous = _STATE.counts, _STATE.depth
+    previous = _STATE.counts, _STATE.depth, _STATE.unfused
     counts = _STATE.counts = OperationCounts()
-    _STATE.depth = 0
+    _STATE.depth, _STATE.unfused = 0, unfused
     try:
         yield counts
     finally:
-        _STATE.counts, _STATE.depth = previous
+        _STATE.counts, _STATE.depth, _STATE.unfused = previous
         with _PATCH_LOCK:
             for owner, name, original in reversed(patched):
                 setattr(owner, name, original)

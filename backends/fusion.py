@@ -55,7 +55,7 @@ class FusedFunction:
         self._checked: dict[tuple, bool] = {}  # signature → the compiled kernel agrees with the plain function
 
     def __call__(self, *args):
-        with as_one_operation(self.name):
+        with as_one_operation(self.name, fused=True):
             if self._compiled is None:
                 return self.plain(*args)
             key = _signature(args)

@@ -18,6 +18,7 @@ from .checkpoint import save_checkpoint
 from .errors import TrainingDiverged, XpnetError
 from .metrics import confusion_matrix, per_class_accuracy
 from .plots import plot_confusion, plot_curves
+from .tally import CorrectCount, Tally
 
 
 @dataclass
@@ -96,43 +97,49 @@ class Trainer:
         return self.history
 
     def _train_epoch(self, loader, epoch: int, epochs: int) -> dict:
-        xp, model, optimizer = self.backend.xp, self.model, self.optimizer
+        xp, model = self.backend.xp, self.model
         model.train()
         loader.set_epoch(epoch)
-        total_loss = xp.zeros((), dtype=xp.float64)
-        correct = xp.zeros((), dtype=xp.int64)
+        # Σ loss·batch and Σ correct stay on the device until read (every refresh_every steps)
+        loss_sum, correct = Tally(xp), CorrectCount(self.backend)
         seen = 0
         bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         try:
             for step, (x, y) in enumerate(loader, start=1):
-                logits = model.forward(x)
-                loss = self.loss.forward(logits, y)
-                model.backward(self.loss.backward(), input_grad=False)
-                optimizer.step()
+                loss, predicted = self.train_step(x, y)
                 batch = x.shape[0]
                 seen += batch
-                total_loss = total_loss + xp.astype(loss, xp.float64) * batch
-                correct = correct + xp.sum(xp.astype(xp.argmax(logits, axis=1) == y, xp.int64))
+                loss_sum.add(loss, weight=batch)
+                correct.add(predicted, y)
                 bar.update(1)
                 if step % self.refresh_every == 0:
-                    running = float(total_loss) / seen
+                    running = loss_sum.total() / seen
                     self._check_finite(running, epoch, step)
-                    bar.set_postfix(loss=f"{running:.4f}", acc=f"{100 * int(correct) / seen:.1f}%")
+                    bar.set_postfix(loss=f"{running:.4f}", acc=f"{100 * correct.total() / seen:.1f}%")
             self.backend.synchronize()
         finally:
             bar.close()
         seconds = time.perf_counter() - start
-        train_loss = float(total_loss) / max(seen, 1)
+        train_loss = loss_sum.total() / max(seen, 1)
         self._check_finite(train_loss, epoch, len(loader))
         return {
             "epoch": epoch,
             "train_loss": train_loss,
-            "train_acc": int(correct) / max(seen, 1),
+            "train_acc": correct.total() / max(seen, 1),
             "examples_per_sec": seen / seconds if seconds > 0 else float("nan"),
             "seconds": seconds,
         }
+
+    def train_step(self, x, y):
+        """Forward, loss, backward and an optimizer step on one batch; returns the loss (0-d) and
+        the predicted classes (N,), both left on the device."""
+        logits = self.model.forward(x)
+        loss = self.loss.forward(logits, y)
+        self.model.backward(self.loss.backward(), input_grad=False)
+        self.optimizer.step()
+        return loss, self.backend.xp.argmax(logits, axis=1)
 
     def _check_finite(self, value: float, epoch: int, step: int | None) -> None:
         """Raise TrainingDiverged for a NaN/infinite loss (``step`` None: the test loss)."""
@@ -156,12 +163,12 @@ class Trainer:
         """Loss, accuracy and confusion matrix of the model on every example of ``loader``."""
         xp, model = self.backend.xp, self.model
         model.eval()
-        total_loss = xp.zeros((), dtype=xp.float64)
+        loss_sum = Tally(xp)
         predictions, labels = [], []
         try:
             for x, y in loader:
                 logits = model.forward(x)
-                total_loss = total_loss + xp.astype(self.loss.forward(logits, y), xp.float64) * x.shape[0]
+                loss_sum.add(self.loss.forward(logits, y), weight=x.shape[0])
                 predictions.append(xp.argmax(logits, axis=1))
                 labels.append(y)
         finally:
@@ -170,7 +177,7 @@ class Trainer:
         true = self.backend.to_numpy(xp.concat(labels)).astype(np.int64)
         classes = getattr(model, "num_classes", 10)
         return Evaluation(
-            loss=float(total_loss) / len(true),
+            loss=loss_sum.total() / len(true),
             accuracy=float(np.mean(predicted == true)),
             predictions=predicted,
             labels=true,
