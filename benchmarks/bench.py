@@ -116,6 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=_positive_int, default=1,
                         help="measure everything this many times, round after round, and report medians; on a machine "
                              "whose load changes, 3 or more make the ratios steadier (default: %(default)s)")
+    parser.add_argument("--profile-kernels", action="store_true",
+                        help="on cuda: also count kernel launches and device<->host copies per step through "
+                             "torch.profiler (CUPTI; needs torch)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (default benchmarks/results/<device>-<date>-<hhmm>.json)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run: batch 8, 1 warm-up, 1 repeat of 2 steps")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed for one worker subprocess (default: %(default)s)")
@@ -224,7 +227,7 @@ def xpnet_workload(model_name: str, batch_size: int, mode: str, device: str) -> 
         step=step,
         sync=backend.synchronize,
         final_loss=lambda: None if last["loss"] is None else float(backend.to_numpy(last["loss"])),
-        device_memory=_cupy_memory if device == "cuda" else dict,
+        device_memory=(lambda: {**_cupy_memory(), "fused_kernels": backend.fusion_report()}) if device == "cuda" else dict,
     )
 
 
@@ -410,6 +413,10 @@ def run_measurement(spec: dict[str, Any]) -> dict[str, Any]:
     loss = workload.final_loss()
     if loss is not None:
         row["final_loss"] = loss  # a sanity check: NaN/inf would mean the timings ran on garbage
+    if spec.get("profile_kernels") and spec["device"] == "cuda":
+        from benchmarks.cuda_profile import kernel_counts
+
+        row.update(kernel_counts(workload.step, workload.sync))
     return row
 
 
@@ -531,7 +538,7 @@ def measurement_specs(args: argparse.Namespace, frameworks: list[str]) -> list[d
             "framework": framework, "model": model, "batch_size": batch_size, "mode": mode,
             "device": args.device, "threads": args.threads, "warmup": args.warmup,
             "repeats": args.repeats, "steps": args.steps, "target_seconds": args.target_seconds,
-            "round": round_index,
+            "round": round_index, "profile_kernels": args.profile_kernels,
         }
         for round_index in range(args.rounds)
         for model in args.models
@@ -554,7 +561,9 @@ def run_all(specs: list[dict[str, Any]], env: dict[str, str], timeout: float) ->
             row = {key: spec[key] for key in ("framework", "model", "batch_size", "mode", "device", "threads")} | row
             print(f" FAILED: {row['error']}", file=sys.stderr)
         else:
-            print(f" {row['examples_per_second']:,.1f} ex/s, peak {row['peak_memory_mb']:,.1f} MB", file=sys.stderr)
+            kernels = "" if "kernels_per_step" not in row else (
+                f", {row['kernels_per_step']:.0f} kernels and {row['memcpy_dtoh_per_step']:.1f} device→host copies per step")
+            print(f" {row['examples_per_second']:,.1f} ex/s, peak {row['peak_memory_mb']:,.1f} MB{kernels}", file=sys.stderr)
         row["round"] = spec.get("round", 0)
         rows.append(row)
     return rows
@@ -583,6 +592,9 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "ratio_xpnet_over_torch": statistics.median(ratios) if ratios else None,
             "xpnet_peak_memory_mb": _median_of(ours, "peak_memory_mb"),
             "torch_peak_memory_mb": _median_of(theirs, "peak_memory_mb"),
+            "xpnet_kernels_per_step": _median_of(ours, "kernels_per_step"),
+            "torch_kernels_per_step": _median_of(theirs, "kernels_per_step"),
+            "xpnet_dtoh_per_step": _median_of(ours, "memcpy_dtoh_per_step"),
             "rounds": len(ours),
         })
     return table
@@ -599,6 +611,9 @@ def format_table(comparison: list[dict[str, Any]], with_torch: bool) -> str:
     if with_torch:
         header += ["torch ex/s", "xpnet/torch"]
     header += ["xpnet MB"] + (["torch MB"] if with_torch else [])
+    kernels = any(entry.get("xpnet_kernels_per_step") is not None for entry in comparison)
+    if kernels:
+        header += ["xpnet kernels"] + (["torch kernels"] if with_torch else []) + ["xpnet D2H"]
     lines = [header]
     for entry in comparison:
         line = [entry["model"], str(entry["batch_size"]), entry["mode"], _number(entry["xpnet_examples_per_second"])]
@@ -606,6 +621,10 @@ def format_table(comparison: list[dict[str, Any]], with_torch: bool) -> str:
             ratio = entry["ratio_xpnet_over_torch"]
             line += [_number(entry["torch_examples_per_second"]), "-" if ratio is None else f"{ratio:.2f}x"]
         line += [_number(entry["xpnet_peak_memory_mb"])] + ([_number(entry["torch_peak_memory_mb"])] if with_torch else [])
+        if kernels:
+            line += [_number(entry.get("xpnet_kernels_per_step"))]
+            line += [_number(entry.get("torch_kernels_per_step"))] if with_torch else []
+            line += [_number(entry.get("xpnet_dtoh_per_step"))]
         lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     aligned = [
