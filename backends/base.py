@@ -167,6 +167,12 @@ class Backend:
                                                      self.fusion_namespace)
         return fused
 
+    def fusion_report(self) -> list[dict]:
+        """For each fused function and argument signature met so far: whether its compiled
+        kernel passed its check and is used (cuda), or runs as plain operations."""
+        return [{"function": fused.name, "signature": str(signature), "compiled": used}
+                for fused in self._fused.values() for signature, used in fused.checked().items()]
+
     def matmul(self, a, b, out=None):
         """``a @ b``, written into ``out`` when given (so a gradient lands in its buffer with no copy)."""
         if out is None:

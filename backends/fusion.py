@@ -41,7 +41,8 @@ class FusedFunction:
 
     ``static`` are keyword arguments that select a variant of the function (``first=True``,
     ``nesterov=False``); each variant is its own kernel. ``compile`` (cuda only) turns a
-    Python function of arrays into a compiled callable; None runs the plain function.
+    Python function of arrays into a compiled callable, given ``namespace`` as the xp the
+    function calls while it is traced; without it the plain function runs.
     """
 
     def __init__(self, function: Callable, xp, name: str, static: dict[str, Any],
@@ -63,6 +64,10 @@ class FusedFunction:
             if agrees is None:
                 return self._first_call(key, args)
             return self._compiled(*args) if agrees else self.plain(*args)
+
+    def checked(self) -> dict[tuple, bool]:
+        """Signature → whether the compiled kernel agreed with the plain function (and is used)."""
+        return dict(self._checked)
 
     def _first_call(self, key: tuple, args: tuple):
         """Run the compiled kernel and, on copies, the plain function; keep the kernel if they agree."""
