@@ -29,7 +29,7 @@ def maxpool_backward_reference(xp, x, y, dy, kernel_size, stride, out=None):
     """
     (kh, kw), (sh, sw) = kernel_size, stride
     out_h, out_w = dy.shape[2], dy.shape[3]
-    tiles = (sh, sw) == (kh, kw) and x.shape[2] == out_h * kh and x.shape[3] == out_w * kw
+    one_window_each = (sh, sw) == (kh, kw) and x.shape[2] == out_h * kh and x.shape[3] == out_w * kw
     dx = xp.zeros(x.shape, dtype=dy.dtype) if out is None else out
     remaining, last = dy, kh * kw - 1
     for position, (_, _, rows, columns) in enumerate(window_slices(kernel_size, stride, out_h, out_w)):
@@ -38,7 +38,7 @@ def maxpool_backward_reference(xp, x, y, dy, kernel_size, stride, out=None):
         else:
             share = remaining * xp.astype(x[:, :, rows, columns] == y, dy.dtype)
             remaining = remaining - share
-        if tiles:
+        if one_window_each:
             dx[:, :, rows, columns] = share
         else:
             dx[:, :, rows, columns] += share
@@ -67,7 +67,7 @@ class MaxPool2D(Layer):
 
     Computes ``maxpool_reference`` and ``maxpool_backward_reference``. On the CPU, those
     loops run over parts of the batch in threads. On a launch-bound device, when the
-    windows tile the input (stride = kernel, the usual case), x is viewed as
+    windows cover the input exactly without overlap (stride = kernel, the usual case), x is viewed as
     (N, C, OH, kh, OW, kw): forward is one reduction over the window axes, backward two
     fused kernels that find each window's first maximum and route dy to it.
     """
@@ -83,7 +83,7 @@ class MaxPool2D(Layer):
         return (n, c, output_size(h, kh, sh), output_size(w, kw, sw))
 
     def _windows(self, x):
-        """x as (N, C, OH, kh, OW, kw) when the windows tile it (a view); None otherwise."""
+        """x as (N, C, OH, kh, OW, kw) when the windows cover it exactly without overlap (a view); else None."""
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if not self.backend.launch_bound or (sh, sw) != (kh, kw):
             return None

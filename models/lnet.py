@@ -20,7 +20,6 @@ class LNet(Model):
 
     def __init__(self, num_classes: int = 10, seed: int | None = 0):
         rng = host_rng(seed)
-        self.num_classes = num_classes
         super().__init__(
             Conv2D(3, 6, 5, padding=2, rng=rng),
             MaxPool2D(2),
@@ -33,3 +32,4 @@ class LNet(Model):
             ReLU(),
             Linear(256, num_classes, rng=rng),
         )
+        self.num_classes = num_classes

@@ -18,10 +18,10 @@ class MLP(Model):
     def __init__(self, hidden: int = 1024, num_classes: int = 10, input_shape=(3, 32, 32), seed: int | None = 0):
         rng = host_rng(seed)
         features = input_shape[0] * input_shape[1] * input_shape[2]
-        self.input_shape, self.num_classes = tuple(input_shape), num_classes
         super().__init__(
             Flatten(),
             Linear(features, hidden, rng=rng),
             ReLU(),
             Linear(hidden, num_classes, rng=rng),
         )
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
