@@ -34,16 +34,16 @@ def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, dampening, weight
         g ← g + μb  (nesterov),  else  g ← b     (with momentum)
         θ ← θ - γg
     """
-    g = grad + weight_decay * param if decay else grad
+    g = grad + weight_decay * param if decay else grad    # g ← g + λθ
     if with_momentum:
         b = momentum_buffer
         if first:
-            b[...] = g
+            b[...] = g                                    # b ← g
         else:
             b *= momentum
-            b += (1 - dampening) * g if dampened else g
-        g = g + momentum * b if nesterov else b
-    param -= lr * g
+            b += (1 - dampening) * g if dampened else g   # b ← μb + (1 − τ)g
+        g = g + momentum * b if nesterov else b           # g ← g + μb, or g ← b
+    param -= lr * g                                       # θ ← θ − γg
 
 
 def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
@@ -61,24 +61,24 @@ def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1,
     The last line is computed as torch computes it: (γ/(1 - β1ᵗ))·m / (√v/√(1 - β2ᵗ) + ε).
     """
     if decay == "decoupled":
-        param *= 1 - lr * weight_decay
-    g = grad + weight_decay * param if decay == "l2" else grad
+        param *= 1 - lr * weight_decay                    # θ ← θ(1 − γλ)
+    g = grad + weight_decay * param if decay == "l2" else grad   # g ← g + λθ
     m, v = exp_avg, exp_avg_sq
     m *= beta1
-    m += (1 - beta1) * g
+    m += (1 - beta1) * g                                  # m ← β1·m + (1 − β1)·g
     v *= beta2
-    v += (1 - beta2) * (g * g)
+    v += (1 - beta2) * (g * g)                            # v ← β2·v + (1 − β2)·g²
     if amsgrad:
         max_exp_avg_sq[...] = xp.maximum(max_exp_avg_sq, v)
-        v = max_exp_avg_sq
-    # in place where the math allows: on the CPU every fresh array of a large layer costs
-    # more than the arithmetic
+        v = max_exp_avg_sq                                # v ← v_max ← max(v_max, v)
+    # Written in place, a step at a time: on the CPU every fresh array as large as the
+    # model costs more than its arithmetic; on a GPU the whole rule is one fused kernel.
     denom = xp.sqrt(v)
     denom /= bias_correction2_sqrt
-    denom += eps
+    denom += eps                                          # √v̂ + ε
     step = m / denom
-    step *= lr / bias_correction1
-    param -= step
+    step *= lr / bias_correction1                         # γ·m̂ / (√v̂ + ε)
+    param -= step                                         # θ ← θ − γ·m̂ / (√v̂ + ε)
 
 
 class SGD(Optimizer):
