@@ -110,3 +110,12 @@ def test_cpu_backend_runs_its_own_path():
     """The counts describe the launch-bound formulation; the cpu backend keeps its tiles."""
     cpu = get_backend("cpu")
     assert not cpu.launch_bound and cpu.tile_bytes
+
+
+def test_cuda_profile_counts_no_kernels_for_host_work():
+    """The CUPTI counter (benchmarks/cuda_profile.py) runs and sees no GPU kernels on the CPU."""
+    pytest.importorskip("torch", reason="torch is not installed; the kernel profile needs torch.profiler")
+    from benchmarks.cuda_profile import kernel_counts
+
+    counts = kernel_counts(lambda: np.ones(8).sum(), lambda: None, steps=2)
+    assert counts["kernels_per_step"] == 0 and counts["memcpy_dtoh_per_step"] == 0
