@@ -159,7 +159,7 @@ class Backend:
         ``static`` keyword arguments choose a variant (each is compiled separately). The
         fused function is made once per function and variant, and reused.
         """
-        key = (function, tuple(sorted(static.items())))
+        key = (function, tuple(sorted(static.items()))) if static else function
         fused = self._fused.get(key)
         if fused is None:
             name = function.__name__ + "".join(f"_{k}_{v}" for k, v in sorted(static.items()))

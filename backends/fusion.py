@@ -29,7 +29,7 @@ import functools
 import warnings
 from typing import Any, Callable
 
-from .counting import as_one_operation
+from .counting import active_counts, as_one_operation
 
 # Largest difference allowed between the compiled kernel and the plain function, relative
 # to the size of the values: a compiled kernel may contract a*b+c into one rounding.
@@ -56,14 +56,19 @@ class FusedFunction:
         self._checked: dict[tuple, bool] = {}  # signature → the compiled kernel agrees with the plain function
 
     def __call__(self, *args):
-        with as_one_operation(self.name, fused=True):
-            if self._compiled is None:
-                return self.plain(*args)
-            key = _signature(args)
-            agrees = self._checked.get(key)
-            if agrees is None:
-                return self._first_call(key, args)
-            return self._compiled(*args) if agrees else self.plain(*args)
+        if active_counts() is not None:  # counting launches (backends/counting.py): this is one
+            with as_one_operation(self.name, fused=True):
+                return self._run(args)
+        return self._run(args)
+
+    def _run(self, args: tuple):
+        if self._compiled is None:
+            return self.plain(*args)
+        key = _signature(args)
+        agrees = self._checked.get(key)
+        if agrees is None:
+            return self._first_call(key, args)
+        return self._compiled(*args) if agrees else self.plain(*args)
 
     def checked(self) -> dict[tuple, bool]:
         """Signature → whether the compiled kernel agreed with the plain function (and is used)."""
@@ -95,7 +100,8 @@ def _is_array(value) -> bool:
 
 
 def _signature(args: tuple) -> tuple:
-    return tuple((str(a.dtype), a.ndim) if _is_array(a) else type(a) for a in args)
+    """What a compiled kernel depends on (as in cupy.fuse's own cache): dtypes, ranks, number types."""
+    return tuple((a.dtype, a.ndim) if _is_array(a) else type(a) for a in args)
 
 
 def _difference(xp, actual: tuple, expected: tuple) -> str | None:
