@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cli
-from cli_helpers import SMALL, run
+from cli_helpers import SMALL, one_error_line, run
 from backends import get_backend, registry
 from layers import CrossEntropyLoss, Linear
 from models import MLP, build_model
@@ -45,14 +45,6 @@ TIMING = {"examples_per_sec", "seconds"}
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")
-
-
-def one_error_line(err: str) -> str:
-    """The single line of stderr, which must be an ``error:`` line."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("error: ") and "Traceback" not in err
-    return lines[0]
 
 
 def without_timing(history):
