@@ -117,6 +117,8 @@ momentum_float = number_argument(float, 0.0, "at least 0 and below 1 (at 1 or mo
 
 def path_argument(text: str) -> Path:
     """A file or folder name; ``~`` stands for the home folder also in ``--out=~/x``, where the shell leaves it."""
+    if not text.strip():  # e.g. an unset shell variable: Path("") would silently mean the current folder
+        raise argparse.ArgumentTypeError("expected a file or folder name, got an empty one")
     return Path(text).expanduser()
 
 
@@ -487,10 +489,10 @@ def train(args: argparse.Namespace, log) -> int:
                          f"pass --epochs greater than {checkpoint.epoch} to train further")
     folder, trainer, interrupted = None, None, False
     try:
-        folder = claim_output_folder(args, config, checkpoint)
+        folder, replaced = claim_output_folder(args, config, checkpoint)
         if folder.stale_lock_of:
             log(f"note: {folder.path} had a stale lock of process {folder.stale_lock_of}, which has ended; taking it over")
-        trainer, train_loader, test_loader, start_epoch = prepared_trainer(args, config, checkpoint, folder, log)
+        trainer, train_loader, test_loader, start_epoch = prepared_trainer(args, config, checkpoint, folder, replaced, log)
         with np_quiet(), out_of_memory_advice("training", "try a smaller --batch-size"):
             trainer.fit(train_loader, test_loader, config["epochs"], start_epoch=start_epoch)
         interrupted = trainer.interrupted
@@ -515,7 +517,8 @@ def train(args: argparse.Namespace, log) -> int:
 
 
 def claim_output_folder(args: argparse.Namespace, config: dict, checkpoint):
-    """The run folder, locked for this process, and checked to lose no other run."""
+    """``(folder, replaced)``: the run folder, locked for this process and checked to lose no
+    other run, and the names of the files of another run in it that --overwrite replaces."""
     from training.run_folder import FolderInUseError, check_new_run, check_resume_target, claim
 
     if args.out is None and checkpoint is None:  # a fresh default name: runs/<model>-<timestamp>[-n]
@@ -529,7 +532,7 @@ def claim_output_folder(args: argparse.Namespace, config: dict, checkpoint):
             except FolderInUseError:  # another run took this name a moment ago
                 continue
             if folder.created(candidate):
-                return folder
+                return folder, []
             folder.release()
         raise XpnetError(f"found no free folder name like {base}; choose one with --out")
     out = args.out if args.out is not None else args.resume.parent
@@ -537,15 +540,16 @@ def claim_output_folder(args: argparse.Namespace, config: dict, checkpoint):
     try:
         if checkpoint is None:
             check_new_run(folder, args.overwrite)
+            replaced = folder.run_files()  # with --overwrite; without it, check_new_run refused them
         else:
-            check_resume_target(folder, args.resume, checkpoint.history, args.overwrite)
+            replaced = check_resume_target(folder, args.resume, checkpoint.history, args.overwrite)
     except BaseException:
         folder.release()
         raise
-    return folder
+    return folder, replaced
 
 
-def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder, log):
+def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder, replaced: list[str], log):
     """Backend, data, model and optimizer: ``(trainer, train_loader, test_loader, start_epoch)`` ready to fit."""
     from models import build_model
     from training.data import DataLoader
@@ -583,10 +587,9 @@ def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder,
     what = f"resuming at epoch {start_epoch + 1}" if checkpoint else "training"
     log(f"{what}: {config['model']} on {backend.name} ({config['dtype']}), {optimizer!r}, batch {config['batch_size']}, "
         f"{config['epochs']} epochs; writing to {folder.path}")
-    if args.overwrite:  # only now, with everything ready: an error above has destroyed nothing
-        removed = folder.remove_run_files(keep=args.resume)
-        if removed:
-            log(f"--overwrite: removed the earlier run's {', '.join(removed)} from {folder.path}")
+    if replaced:  # --overwrite, only now that all is ready: an error above has destroyed nothing
+        removed = folder.remove_run_files(replaced)
+        log(f"--overwrite: removed the other run's {', '.join(removed)} from {folder.path}")
 
     trainer = Trainer(model, optimizer, backend, out_dir=folder.path, config=config, progress=not args.quiet,
                       log=log if not args.quiet else (lambda message: None))
@@ -740,7 +743,8 @@ def run(argv) -> tuple[int, str | None]:
         log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
         check_environment()
         import_modules(*COMMON_MODULES, *COMMAND_MODULES[command])
-        return {"evaluate": evaluate, "predict": predict, "train": train}[command](args, log), command
+        with warnings_as_lines():
+            return {"evaluate": evaluate, "predict": predict, "train": train}[command](args, log), command
     except XpnetError as exc:
         interrupts.shutting_down()
         print(f"error: {exc}", file=sys.stderr)
@@ -753,6 +757,22 @@ def run(argv) -> tuple[int, str | None]:
         interrupts.shutting_down()
         print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
         return 2, command
+    except OSError as exc:  # the system refused something no check above foresaw (a permission, a full disk)
+        interrupts.shutting_down()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check that file's permissions and the free disk space", file=sys.stderr)
+        return 2, command
+
+
+@contextmanager
+def warnings_as_lines():
+    """Python warnings (e.g. "could not cache the synthetic data") as one line ``warning: ...`` each."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":

@@ -149,6 +149,8 @@ def test_svhn_format_files_train(tmp_path, capsys):
         (["--dataset", "mnist"], "invalid choice: 'mnist'"),
         (["--checkpoint", "a.npz"], "--checkpoint goes with --predict"),
         (["--predict", "x.png", "--checkpoint", "a.npz", "--resume", "b.npz"], "cannot be used together"),
+        (["--out", ""], "--out: expected a file or folder name, got an empty one"),
+        (["--epochs", "2e0", "--lr", "1e-3", "--out", " "], "--out: expected a file or folder name"),
     ],
 )
 def test_bad_arguments_are_usage_errors(argv, message, capsys):

@@ -201,3 +201,42 @@ def test_out_expands_the_home_folder(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert (tmp_path / "x" / "checkpoint.npz").is_file() and not (tmp_path / "~").exists()
     assert f"files in {tmp_path / 'x'}" in stdout
+
+
+def test_overwrite_with_a_resume_replaces_only_another_runs_files(tmp_path, capsys, finished_run):
+    """In its own folder a resume keeps best.npz; in a folder of another run, --overwrite removes that run's files."""
+    own = copy_run(finished_run, tmp_path / "own")
+    best = (own / "best.npz").read_bytes()
+    code, stdout, err = run(["--resume", str(own / "checkpoint.npz"), "--epochs", "3", "--device", "cpu", "--overwrite"],
+                            capsys)
+    assert code == 0, err
+    assert "--overwrite: removed" not in stdout
+    assert (own / "best.npz").read_bytes() == best or load_checkpoint(own / "best.npz").epoch == 3  # kept, or bettered
+
+    other = tmp_path / "other"
+    assert run(TINY + ["--optimizer", "sgd", "--epochs", "1", "--out", str(other)], capsys)[0] == 0
+    code, stdout, err = run(["--resume", str(own / "checkpoint.npz"), "--epochs", "4", "--device", "cpu",
+                             "--out", str(other), "--overwrite"], capsys)
+    assert code == 0, err
+    assert f"--overwrite: removed the other run's checkpoint.npz, best.npz, metrics.json from {other}" in stdout
+    assert load_checkpoint(other / "best.npz").config["optimizer"] == "adam"  # the resumed run's, none of the other's
+
+
+def test_a_refusal_of_the_system_is_one_line(tmp_path, capsys, monkeypatch):
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run_folder.os, "ftruncate", disk_full)  # while writing the lock
+    code, _, err = run(TINY + ["--epochs", "1", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2
+    assert one_error_line(err) == "error: No space left on device; check that file's permissions and the free disk space"
+    assert os.listdir(tmp_path) == []
+
+
+def test_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("XPNET_CACHE", str(tmp_path / "file" / "cache"))  # a cache folder that cannot be made
+    code, _, err = run(TINY + ["--epochs", "1", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0
+    assert err.startswith(f"warning: could not cache the synthetic data in {tmp_path / 'file' / 'cache'} (")
+    assert len(err.strip().splitlines()) == 1

@@ -57,15 +57,11 @@ class RunFolder:
         """The run files present in the folder."""
         return present_run_files(self.path)
 
-    def remove_run_files(self, keep: Path | None = None) -> list[str]:
-        """Delete the run files (all but ``keep``); returns the names deleted."""
-        removed = []
-        for name in self.run_files():
-            path = self.path / name
-            if keep is not None and _same_file(path, keep):
-                continue
-            path.unlink()
-            removed.append(name)
+    def remove_run_files(self, names=RUN_FILES) -> list[str]:
+        """Delete those of the run files ``names`` that are present; returns the names deleted."""
+        removed = [name for name in self.run_files() if name in names]
+        for name in removed:
+            (self.path / name).unlink()
         return removed
 
     def release(self) -> None:
@@ -122,33 +118,40 @@ def check_new_run(folder: RunFolder, overwrite: bool) -> None:
     )
 
 
-def check_resume_target(folder: RunFolder, source: Path, source_history: list, overwrite: bool) -> None:
+def check_resume_target(folder: RunFolder, source: Path, source_history: list, overwrite: bool) -> list[str]:
     """A run resumed from ``source`` may write into ``folder`` only if that loses nothing.
 
     Every file in the folder that records a history (checkpoint.npz, best.npz,
     metrics.json) must hold an earlier state of the resumed run: its history a prefix of
     ``source_history``. Then each file the resumed run writes is further along than the
-    one it replaces. ``overwrite`` accepts anything.
+    one it replaces. Raises XpnetError for the first file that is not; with ``overwrite``,
+    returns the names of all such files instead (for the caller to remove).
     """
-    if overwrite:
-        return
+    conflicts = resume_conflicts(folder, source, source_history)
+    if conflicts and not overwrite:
+        raise XpnetError(conflicts[0][1])
+    return [name for name, _ in conflicts]
+
+
+def resume_conflicts(folder: RunFolder, source: Path, source_history: list) -> list[tuple[str, str]]:
+    """(file name, why) for each run file in ``folder`` that a run resumed from ``source`` would wrongly replace."""
     present = folder.run_files()
-    identified = False
+    conflicts, identified = [], False
     for name in HISTORY_FILES:
         path = folder.path / name
-        if name not in present or _same_file(path, source):
-            identified = identified or name in present
+        if name not in present:
+            continue
+        identified = True
+        if _same_file(path, source):
             continue
         history = read_history(path)
-        identified = True
-        if history is not None and _is_prefix(history, source_history):
-            continue
-        raise XpnetError(_resume_conflict(folder.path, name, history, source, source_history))
+        if history is None or not _is_prefix(history, source_history):
+            conflicts.append((name, _resume_conflict(folder.path, name, history, source, source_history)))
     if present and not identified:
-        raise XpnetError(
-            f"{folder.path} holds files of a run ({', '.join(present)}) but no checkpoint or metrics.json that shows "
-            f"which; resuming {source} there could mix two runs: choose another --out, or pass --overwrite"
-        )
+        conflicts += [(name, f"{folder.path} holds files of a run ({', '.join(present)}) but no checkpoint or metrics.json "
+                             f"that shows which; resuming {source} there could mix two runs: choose another --out, "
+                             f"or pass --overwrite") for name in present]
+    return conflicts
 
 
 def _resume_conflict(folder: Path, name: str, history: list | None, source: Path, source_history: list) -> str:
@@ -244,8 +247,13 @@ def _lock(folder: Path) -> tuple[int, int | None]:
             break
         os.close(descriptor)
     stale = _read_pid(descriptor)
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"{os.getpid()}\n".encode())
+    except BaseException:  # a full disk, say: give the lock up again, leaving no file behind
+        os.unlink(path)
+        os.close(descriptor)
+        raise
     return descriptor, stale
 
 
