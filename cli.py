@@ -199,11 +199,13 @@ def flag_name(dest: str) -> str:
 def settings(args: argparse.Namespace, checkpoint=None, used: tuple[str, ...] = ()) -> dict:
     """The run's settings: explicit flags, else the checkpoint's saved ones (those in ``used``), else defaults."""
     saved = checkpoint.config if checkpoint is not None else {}
-    chosen = {}
+    chosen, from_checkpoint = {}, set()
     for name, default in DEFAULTS.items():
         value = getattr(args, name, None)
-        if value is None and name in used:
+        if value is None and name in used and (name != "data_dir" or saved.get("dataset") == "svhn"):
             value = saved.get(name)
+            if value is not None:
+                from_checkpoint.add(name)
         chosen[name] = default if value is None else value
     if checkpoint is not None:
         chosen["model"] = checkpoint.model_name
@@ -211,7 +213,7 @@ def settings(args: argparse.Namespace, checkpoint=None, used: tuple[str, ...] = 
         chosen["lr"] = LEARNING_RATES[chosen["optimizer"]]
     if chosen["weight_decay"] is None:
         chosen["weight_decay"] = 1e-2 if chosen["optimizer"] == "adamw" else 0.0
-    if args.data_dir is not None or "data_dir" not in saved or "data_dir" not in used:
+    if "data_dir" not in from_checkpoint:
         # A folder named now is saved as an absolute path, so a resume from elsewhere finds it.
         chosen["data_dir"] = str(Path(chosen["data_dir"]).expanduser().absolute())
     return chosen
@@ -406,7 +408,7 @@ def svhn_folder(config: dict, args: argparse.Namespace, checkpoint, splits) -> P
         from training.download import download_svhn
 
         download_svhn(data_dir, splits=splits)
-    elif checkpoint is not None and args.data_dir is None and not data_dir.is_dir():
+    elif checkpoint is not None and checkpoint.config.get("dataset") == "svhn" and args.data_dir is None and not data_dir.is_dir():
         relative = "" if data_dir.is_absolute() else (
             f"; it is relative to the folder that run started in, and from here it would be {data_dir.absolute()}")
         raise XpnetError(f"the SVHN folder {data_dir} that {checkpoint.path} was trained with does not exist here{relative}: "

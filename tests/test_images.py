@@ -124,6 +124,6 @@ def test_damaged_images_are_read_or_refused_with_a_data_error(tmp_path_factory, 
     try:
         pixels = read_image(path)
     except DataError as exc:  # damage may also make a header claim a huge size
-        assert str(exc).startswith((f"cannot read image {path} (", f"image {path} is too large to read safely")), exc
+        assert str(exc).startswith((f"cannot read image {path}", f"image {path} is too large to read safely")), exc
         return
     assert pixels.shape == (3, 32, 32) and pixels.dtype == np.uint8

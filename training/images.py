@@ -46,7 +46,7 @@ def read_image(path, size: int = 32) -> np.ndarray:
 
 def _decoded(path: Path, stream, size: int):
     """The image in ``stream`` as a size×size RGB PIL image; DataError for anything Pillow refuses."""
-    from PIL import Image, ImageOps
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -62,7 +62,10 @@ def _decoded(path: Path, stream, size: int):
             f"image {path} is too large to read safely ({exc.args[0].split(',')[0]}); {limit / 1e6:.0f} million pixels "
             f"is the most --predict reads (Pillow's MAX_IMAGE_PIXELS) and a digit needs only {size}×{size}: shrink it first"
         ) from None
-    except Exception as exc:  # Pillow raises many kinds for unknown, truncated or damaged files
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read image {path}: Pillow does not recognise it as an image (PNG, JPEG, GIF, BMP, TIFF, ...); "
+                        "give a PNG or JPEG file") from None
+    except Exception as exc:  # Pillow raises many kinds for truncated or damaged files
         raise DataError(
             f"cannot read image {path} ({type(exc).__name__}: {exc}); it is not an image Pillow can decode, or it is damaged: "
             "give a PNG or JPEG file"
