@@ -67,8 +67,8 @@ COMMAND_FLAGS = {
 # What each command imports before it starts, with stop signals deferred (see import_modules).
 COMMON_MODULES = ("numpy", "backends", "models", "training.checkpoint", "training.data", "training.run_folder")
 COMMAND_MODULES = {
-    "train": ("training.trainer", "training.synthetic"),
-    "evaluate": ("training.trainer", "training.synthetic"),
+    "train": ("training.trainer", "training.synthetic", "training.optim", "training.download"),
+    "evaluate": ("training.trainer", "training.synthetic", "training.download"),
     "predict": ("training.images", "PIL.Image", "PIL.ImageOps"),
 }
 SYNTHETIC_ONLY = ("train_size", "test_size")
@@ -482,6 +482,7 @@ def make_optimizer(name: str, parameters, config: dict):
 
 # -- training ---------------------------------------------------------------------------------------
 def train(args: argparse.Namespace, log) -> int:
+    """A new run, or a resumed one (--resume): exit code 0 when every epoch is done, 130 when interrupted."""
     checkpoint = checked_checkpoint(args.resume, "resume", args) if args.resume else None
     config = settings(args, checkpoint, used=RESUMED_SETTINGS)
     check_data_flags(args, config, "resume" if checkpoint else "train", checkpoint)
@@ -492,6 +493,7 @@ def train(args: argparse.Namespace, log) -> int:
     folder, trainer, interrupted = None, None, False
     try:
         folder, replaced = claim_output_folder(args, config, checkpoint)
+        found = file_identity(folder.path / "checkpoint.npz")  # another run's, or the resumed run's own
         if folder.stale_lock_of:
             log(f"note: {folder.path} had a stale lock of process {folder.stale_lock_of}, which has ended; taking it over")
         trainer, train_loader, test_loader, start_epoch = prepared_trainer(args, config, checkpoint, folder, replaced, log)
@@ -505,7 +507,9 @@ def train(args: argparse.Namespace, log) -> int:
         saved_epoch = None
         if folder is not None:
             try:
-                saved_epoch = epoch_saved_in(folder.path / "checkpoint.npz")
+                path = folder.path / "checkpoint.npz"
+                if file_identity(path) != found or (checkpoint is not None and "checkpoint.npz" not in replaced):
+                    saved_epoch = epoch_saved_in(path)  # written by this run, or an earlier state of it
             finally:
                 folder.release()
     if interrupted:
@@ -612,6 +616,15 @@ def np_quiet():
         yield
 
 
+def file_identity(path: Path):
+    """What tells one file at ``path`` from the next (every save replaces the file); None if there is none."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_mtime_ns
+
+
 def epoch_saved_in(path: Path) -> int | None:
     """The epoch the checkpoint at ``path`` holds, read from the file itself; None if there is none."""
     from training.checkpoint import read_header
@@ -647,6 +660,7 @@ def restored_model(checkpoint, config: dict, backend):
 
 
 def evaluate(args: argparse.Namespace, log) -> int:
+    """Loss and accuracy of a checkpoint on a test set (only the test split is read)."""
     from training.data import DataLoader
     from training.metrics import per_class_accuracy
     from training.trainer import Trainer
@@ -675,6 +689,7 @@ def evaluate(args: argparse.Namespace, log) -> int:
 
 
 def predict(args: argparse.Namespace, log) -> int:
+    """The three likeliest digits of each image, with their probabilities."""
     import numpy as np
 
     from training.images import read_image

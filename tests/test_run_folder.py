@@ -240,3 +240,18 @@ def test_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):
     assert code == 0
     assert err.startswith(f"warning: could not cache the synthetic data in {tmp_path / 'file' / 'cache'} (")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_an_interrupt_before_overwrite_took_effect_does_not_offer_the_other_runs_checkpoint(tmp_path, capsys, monkeypatch,
+                                                                                            finished_run):
+    out = copy_run(finished_run, tmp_path / "run")
+    before = snapshot(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cli.load_training_data", interrupted)
+    code, _, err = run(TINY + ["--optimizer", "sgd", "--out", str(out), "--overwrite"], capsys)
+    assert code == 130
+    assert err.strip() == f"interrupted before an epoch ended; nothing was saved in {out}"
+    assert snapshot(out) == before, "--overwrite had not yet removed anything"
