@@ -74,11 +74,7 @@ class RunFolder:
             pass
         os.close(self._lock)  # closing the descriptor drops the flock
         self._lock = None
-        for folder in reversed(self._created):
-            try:
-                folder.rmdir()  # only succeeds on an empty folder
-            except OSError:
-                break
+        _remove_if_empty(self._created)
 
 
 def claim(path: Path) -> RunFolder:
@@ -92,13 +88,18 @@ def claim(path: Path) -> RunFolder:
     try:
         descriptor, stale_pid = _lock(path)
     except BaseException:
-        for folder in reversed(created):
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_if_empty(created)
         raise
     return RunFolder(path, descriptor, created, stale_pid)
+
+
+def _remove_if_empty(created: list[Path]) -> None:
+    """Remove the folders in ``created`` (outermost first), innermost first, as long as they are empty."""
+    for folder in reversed(created):
+        try:
+            folder.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            break
 
 
 def present_run_files(folder: Path) -> list[str]:
@@ -215,8 +216,7 @@ def _make_folders(path: Path) -> list[Path]:
         except FileExistsError:  # made meanwhile by another process: not ours to remove
             continue
         except OSError as exc:
-            for made in reversed(created):
-                made.rmdir()
+            _remove_if_empty(created)
             raise XpnetError(f"cannot create the output folder {path}: {exc.strerror or exc}; choose another with --out") from exc
         created.append(folder)
     return created
@@ -241,8 +241,8 @@ def _lock(folder: Path) -> tuple[int, int | None]:
                 raise XpnetError(f"cannot lock the output folder {folder}: {exc.strerror or exc}; choose another with --out") from exc
             who = f"process {holder}" if holder else "another process"
             raise FolderInUseError(f"{folder} is in use by another xpnet run ({who}); wait for it to end, or choose another --out")
-        # The holder we waited for may have removed the file before we locked it: then we hold a
-        # lock on a file nobody else can see, so start again with the file now at ``path``.
+        # A previous holder may have removed the file between our open and our flock: then we
+        # hold a lock on a file nobody else can see, so start again with the file now at ``path``.
         if _is_same_descriptor(descriptor, path):
             break
         os.close(descriptor)
