@@ -7,23 +7,34 @@
     python cli.py --evaluate runs/lnet-.../best.npz
     python cli.py --predict house.png --checkpoint runs/lnet-.../best.npz
 
-Mistakes a user can make end in one line ``error: ...`` on stderr and exit code 2.
+Mistakes a user can make end in one line ``error: ...`` on stderr and exit code 2. Ctrl-C
+or SIGTERM, at any moment, ends the run with exit code 130 and keeps every completed
+epoch (training/interrupts.py). A closed standard output (``| head``) stops the printing,
+not the training (training/streams.py). A run folder belongs to one run
+(training/run_folder.py).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import signal
 import sys
-import tempfile
-import time
-import warnings
-from pathlib import Path
 
-import numpy as np
+_signals_at_start: list[int] = []  # stop signals that came while `python cli.py` was starting
+if __name__ == "__main__":  # first of all: a Ctrl-C or SIGTERM during the imports below is recorded; main() acts on it
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, frame: _signals_at_start.append(signum))
 
-from backends import BackendUnavailableError, get_backend
-from training.errors import XpnetError
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from decimal import Decimal, InvalidOperation  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from training import interrupts, streams  # noqa: E402
+from training.errors import XpnetError  # noqa: E402
 
 DEFAULTS = {
     "model": "lnet",
@@ -39,72 +50,124 @@ DEFAULTS = {
     "dtype": "float32",
     "train_size": 20_000,
     "test_size": 5_000,
+    "extra": False,
 }
 LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}
+EVALUATION_BATCH = 500
+# The saved settings each command takes from a checkpoint (when its flag is not given).
 RESUMED_SETTINGS = ("model", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "dataset",
                     "data_dir", "seed", "dtype", "train_size", "test_size", "extra")
+EVALUATION_SETTINGS = ("dataset", "data_dir", "seed", "dtype", "test_size")
+PREDICTION_SETTINGS = ("dtype",)
+# The flags --evaluate and --predict honour; any other flag given with them is a usage error, never ignored.
+COMMAND_FLAGS = {
+    "evaluate": ("device", "dtype", "model", "batch_size", "dataset", "data_dir", "download", "test_size", "seed", "quiet"),
+    "predict": ("checkpoint", "device", "dtype", "model", "batch_size", "quiet"),
+}
+# What each command imports before it starts, with stop signals deferred (see import_modules).
+COMMON_MODULES = ("numpy", "backends", "models", "training.checkpoint", "training.data", "training.run_folder")
+COMMAND_MODULES = {
+    "train": ("training.trainer", "training.synthetic", "training.optim", "training.download"),
+    "evaluate": ("training.trainer", "training.synthetic", "training.download"),
+    "predict": ("training.images", "PIL.Image", "PIL.ImageOps"),
+}
+SYNTHETIC_ONLY = ("train_size", "test_size")
+SVHN_ONLY = ("data_dir", "download", "extra")
+BYTES_PER_IMAGE = 3 * 32 * 32
 
 
-def number_argument(kind: type, minimum: float, inclusive: bool, description: str):
-    """An argparse type: ``kind(text)``, finite and ≥ (or >) ``minimum``, else a usage error."""
+# -- the flags --------------------------------------------------------------------------------------
+def number_argument(kind: type, minimum: float, description: str, inclusive: bool = True, below: float | None = None):
+    """An argparse type: ``kind(text)``, finite, ≥ (or >) ``minimum`` and < ``below``, else a usage error."""
 
     def parse(text: str):
         try:
-            value = kind(text)
+            value = kind(text) if kind is float else whole_number(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, got {text!r}") from None
-        if not (value >= minimum if inclusive else value > minimum) or value == float("inf"):
+        in_range = (value >= minimum if inclusive else value > minimum) and value < (math.inf if below is None else below)
+        if not in_range:  # also NaN, which no comparison accepts
             raise argparse.ArgumentTypeError(f"must be {description}, got {text}")
         return value
 
     return parse
 
 
-positive_int = number_argument(int, 1, True, "at least 1")
-non_negative_int = number_argument(int, 0, True, "zero or positive")
-positive_float = number_argument(float, 0.0, False, "a positive number")
-non_negative_float = number_argument(float, 0.0, True, "zero or positive")
+def whole_number(text: str) -> int:
+    """``int(text)``, also for a whole number written with an exponent ("2e4"); ValueError otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(text) from None
+    if not value.is_finite() or value.adjusted() >= 4300 or value != value.to_integral_value():
+        raise ValueError(text)  # 4300 digits: Python's own limit for int(text)
+    return int(value)
+
+
+positive_int = number_argument(int, 1, "at least 1")
+non_negative_int = number_argument(int, 0, "zero or positive")
+positive_float = number_argument(float, 0.0, "a positive number", inclusive=False)
+non_negative_float = number_argument(float, 0.0, "zero or positive")
+momentum_float = number_argument(float, 0.0, "at least 0 and below 1 (at 1 or more, SGD's steps grow without bound)", below=1.0)
+
+
+def path_argument(text: str) -> Path:
+    """A file or folder name; ``~`` stands for the home folder also in ``--out=~/x``, where the shell leaves it."""
+    if not text.strip():  # e.g. an unset shell variable: Path("") would silently mean the current folder
+        raise argparse.ArgumentTypeError("expected a file or folder name, got an empty one")
+    return Path(text).expanduser()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python cli.py",
         description="Train, evaluate and use xpnet's MLP and LNet on SVHN-style digit images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Exit codes: 0 done; 2 an error (one 'error:' line on stderr); 130 interrupted (Ctrl-C or SIGTERM: "
+               "every completed epoch is kept); 1 --evaluate or --predict output cut short by a closed pipe.",
     )
     what = parser.add_argument_group("what to run")
-    what.add_argument("--model", choices=["lnet", "mlp"], default=None, help=f"network (default {DEFAULTS['model']})")
-    what.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when it works, else cpu")
-    what.add_argument("--dtype", choices=["float32", "float64"], default=None, help="float32 (default) or float64")
-    what.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint.npz up to --epochs in total")
-    what.add_argument("--evaluate", metavar="CKPT", help="only evaluate a checkpoint on the test set")
-    what.add_argument("--predict", metavar="IMAGE", nargs="+", help="print the top-3 classes of PNG/JPEG images")
-    what.add_argument("--checkpoint", metavar="CKPT", help="the checkpoint --predict uses")
+    what.add_argument("--model", choices=["lnet", "mlp"], help=f"network (default {DEFAULTS['model']})")
+    what.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (the default) = cuda when it works, else cpu")
+    what.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type of weights and batches (default float32)")
+    what.add_argument("--resume", metavar="CKPT", type=path_argument, help="continue a run from its checkpoint.npz up to --epochs in total")
+    what.add_argument("--evaluate", metavar="CKPT", type=path_argument, help="only evaluate a checkpoint on the test set")
+    what.add_argument("--predict", metavar="IMAGE", type=path_argument, nargs="+", help="print the top-3 classes of PNG/JPEG images")
+    what.add_argument("--checkpoint", metavar="CKPT", type=path_argument, help="the checkpoint --predict uses")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default=None, help="default adam")
-    optim.add_argument("--lr", type=positive_float, default=None, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
-    optim.add_argument("--momentum", type=non_negative_float, default=None, help="SGD momentum (default 0.9)")
-    optim.add_argument("--weight-decay", type=non_negative_float, default=None, help="default 0 (1e-2 for adamw)")
-    optim.add_argument("--epochs", type=positive_int, default=None, help=f"total epochs, also when resuming (default {DEFAULTS['epochs']})")
-    optim.add_argument("--batch-size", type=positive_int, default=None, help=f"default {DEFAULTS['batch_size']}")
-    optim.add_argument("--seed", type=non_negative_int, default=None, help="seed of the weights, the shuffling and the synthetic data (default 0)")
+    optim.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"optimizer (default {DEFAULTS['optimizer']})")
+    optim.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
+    optim.add_argument("--momentum", type=momentum_float, help=f"SGD momentum, in [0, 1) (default {DEFAULTS['momentum']})")
+    optim.add_argument("--weight-decay", type=non_negative_float, help="L2 penalty, or decoupled decay for adamw (default 0; 1e-2 for adamw)")
+    optim.add_argument("--epochs", type=positive_int, help=f"total epochs, also when resuming (default {DEFAULTS['epochs']})")
+    optim.add_argument("--batch-size", type=positive_int,
+                       help=f"images per training step (default {DEFAULTS['batch_size']}; with --evaluate or --predict: images per forward pass, "
+                            f"default {EVALUATION_BATCH})")
+    optim.add_argument("--seed", type=non_negative_int, help="seed of the weights, the shuffling and the synthetic data (default 0)")
 
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=["synthetic", "svhn"], default=None, help="default synthetic (built in, no download)")
-    data.add_argument("--data-dir", default=None, help=f"folder of the SVHN .mat files (default {DEFAULTS['data_dir']})")
+    data.add_argument("--dataset", choices=["synthetic", "svhn"], help="synthetic (the default: built in, no download) or svhn")
+    data.add_argument("--data-dir", type=path_argument, help=f"folder of the SVHN .mat files (default {DEFAULTS['data_dir']})")
     data.add_argument("--download", action="store_true", help="download the SVHN files into --data-dir (checksums verified)")
     data.add_argument("--extra", action="store_true", default=None, help="also train on SVHN's extra_32x32.mat (531k images)")
-    data.add_argument("--train-size", type=positive_int, default=None, help="synthetic training images (default 20000)")
-    data.add_argument("--test-size", type=positive_int, default=None, help="synthetic test images (default 5000)")
+    data.add_argument("--train-size", type=positive_int, help=f"synthetic training images (default {DEFAULTS['train_size']})")
+    data.add_argument("--test-size", type=positive_int, help=f"synthetic test images (default {DEFAULTS['test_size']})")
 
     output = parser.add_argument_group("output")
-    output.add_argument("--out", metavar="DIR", help="run folder (default runs/<model>-<timestamp>; when resuming, the checkpoint's folder)")
-    output.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines; only the final line (and errors)")
+    output.add_argument("--out", metavar="DIR", type=path_argument,
+                        help="run folder (default runs/<model>-<timestamp>; when resuming, the checkpoint's folder)")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (without it, a folder that holds another run is refused)")
+    output.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines or notes; only the final result (and errors)")
     return parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed flags; a flag that does not fit the others is a usage error (exit code 2)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     modes = [name for name in ("resume", "evaluate", "predict") if getattr(args, name)]
@@ -114,26 +177,80 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--predict needs --checkpoint CKPT (a best.npz or checkpoint.npz of a training run)")
     if args.checkpoint and not args.predict:
         parser.error("--checkpoint goes with --predict; to evaluate a checkpoint use --evaluate CKPT")
+    for command, purpose in (("evaluate", "only measures a checkpoint on a test set"), ("predict", "only classifies the images")):
+        if getattr(args, command):
+            ignored = [name for name in given_flags(parser, args) if name not in COMMAND_FLAGS[command] and name != command]
+            if ignored:
+                parser.error(f"{flag_name(ignored[0])} does not apply to --{command}, which {purpose}; leave it out")
     return args
 
 
-def settings(args: argparse.Namespace, saved: dict | None = None) -> dict:
-    """The run's settings: explicit flags, else the checkpoint's (when resuming), else defaults."""
-    saved = saved or {}
-    flags = {action.dest: action for action in build_parser()._actions} if saved else {}
-    chosen = {}
-    for name, default in {**DEFAULTS, "extra": False}.items():
+def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The destinations of the flags given on the command line (those that differ from their defaults)."""
+    return [action.dest for action in parser._actions
+            if action.dest != "help" and getattr(args, action.dest) != action.default]
+
+
+def flag_name(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+# -- settings, and the one validation of a checkpoint -----------------------------------------------
+def settings(args: argparse.Namespace, checkpoint=None, used: tuple[str, ...] = ()) -> dict:
+    """The run's settings: explicit flags, else the checkpoint's saved ones (those in ``used``), else defaults."""
+    saved = checkpoint.config if checkpoint is not None else {}
+    chosen, from_checkpoint = {}, set()
+    for name, default in DEFAULTS.items():
         value = getattr(args, name, None)
-        if value is None and name in RESUMED_SETTINGS:
+        if value is None and name in used and (name != "data_dir" or saved.get("dataset") == "svhn"):
             value = saved.get(name)
             if value is not None:
-                check_saved_setting(flags[name], value)
+                from_checkpoint.add(name)
         chosen[name] = default if value is None else value
+    if checkpoint is not None:
+        chosen["model"] = checkpoint.model_name
     if chosen["lr"] is None:
         chosen["lr"] = LEARNING_RATES[chosen["optimizer"]]
     if chosen["weight_decay"] is None:
         chosen["weight_decay"] = 1e-2 if chosen["optimizer"] == "adamw" else 0.0
+    if "data_dir" not in from_checkpoint:
+        # A folder named now is saved as an absolute path, so a resume from elsewhere finds it.
+        chosen["data_dir"] = str(Path(chosen["data_dir"]).expanduser().absolute())
     return chosen
+
+
+def checked_checkpoint(path: Path, command: str, args: argparse.Namespace):
+    """The checkpoint at ``path``, with every field that ``command`` takes from it checked.
+
+    This is the one validation that --resume, --evaluate and --predict share: the header's
+    model, the weights (no NaN or infinity), the normalisation statistics, the history
+    (for --resume, which continues it), and each saved setting the command uses whose flag
+    is not given, checked as its flag would check it. A hand-edited or damaged checkpoint
+    gets one clear error here, not a failure deep inside training or a meaningless result.
+    """
+    from training.checkpoint import load_checkpoint
+    from training.errors import CheckpointError
+
+    checkpoint = load_checkpoint(path)
+    flags = {action.dest: action for action in build_parser()._actions}
+    if checkpoint.model_name not in flags["model"].choices:
+        raise CheckpointError(f"{path}: its header names the model {checkpoint.model_name!r}, which is not one of "
+                              f"{', '.join(flags['model'].choices)}; the file was edited or damaged: use another checkpoint")
+    used = {"resume": RESUMED_SETTINGS, "evaluate": EVALUATION_SETTINGS, "predict": PREDICTION_SETTINGS}[command]
+    for name in used:
+        value = checkpoint.config.get(name)
+        if getattr(args, name, None) is None and value is not None:
+            check_saved_setting(flags[name], value)
+    checkpoint.check_weights_finite()
+    if command != "resume" or "mean" in checkpoint.config:
+        checkpoint.normalisation()
+    if command == "resume":
+        checkpoint.check_history()
+    model = getattr(args, "model", None)
+    if model is not None and model != checkpoint.model_name:
+        raise CheckpointError(f"{path} is a checkpoint of model '{checkpoint.model_name}', not '{model}'; "
+                              f"leave out --model (the checkpoint knows its model)")
+    return checkpoint
 
 
 def check_saved_setting(action: argparse.Action, value) -> None:
@@ -147,6 +264,9 @@ def check_saved_setting(action: argparse.Action, value) -> None:
     if action.choices is not None:
         if value not in action.choices:
             problem = f"expected one of {', '.join(action.choices)}"
+    elif action.type is path_argument:
+        if not isinstance(value, str) or not value:
+            problem = "expected a folder name"
     elif action.type is not None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problem = "expected a number"
@@ -157,43 +277,198 @@ def check_saved_setting(action: argparse.Action, value) -> None:
                 problem = str(exc)
     elif name == "extra" and not isinstance(value, bool):
         problem = "expected true or false"
-    elif name == "data_dir" and not isinstance(value, str):
-        problem = "expected a folder name"
     if problem:
-        flag = "--" + name.replace("_", "-")
+        flag = flag_name(name)
         raise XpnetError(f"the checkpoint's config has {name} = {value!r}, which {flag} would refuse ({problem}); "
                          f"the file was edited or damaged: give {flag} explicitly or use another checkpoint")
 
 
+def check_data_flags(args: argparse.Namespace, config: dict, command: str, checkpoint=None) -> None:
+    """Flags of the other dataset are errors, not silently ignored; so is changing the test set of a run."""
+    dataset = config["dataset"]
+    source = f"{args.resume or args.evaluate} was trained on" if checkpoint is not None and args.dataset is None else "this run uses"
+    wrong = SVHN_ONLY if dataset == "synthetic" else SYNTHETIC_ONLY + (("seed",) if command == "evaluate" else ())
+    for name in wrong:
+        if getattr(args, name) not in (None, False):
+            if dataset == "synthetic":
+                raise XpnetError(f"{flag_name(name)} applies to --dataset svhn, but {source} the synthetic set, which is "
+                                 f"generated, not read from files: leave out {flag_name(name)}, or add --dataset svhn")
+            what = "the synthetic test images" if name == "seed" else "the size of the synthetic set"
+            raise XpnetError(f"{flag_name(name)} chooses {what}, but {source} SVHN, whose files fix their own: "
+                             f"leave out {flag_name(name)}")
+    if command != "resume" or checkpoint is None:
+        return
+    saved = checkpoint.config
+    changes_test_set = ("dataset", "test_size", "seed") if dataset == "synthetic" else ("dataset",)
+    for name in changes_test_set:
+        given = getattr(args, name)
+        if given is not None and name in saved and given != saved[name]:
+            raise XpnetError(
+                f"{args.resume} was trained with {flag_name(name)} {saved[name]}; continuing it with {flag_name(name)} "
+                f"{given} would measure its later epochs on another test set and mix two datasets in one history: "
+                f"leave out {flag_name(name)}, or start a new run"
+            )
+
+
+def check_training_settings(args: argparse.Namespace, config: dict) -> None:
+    """Settings that would waste a run: an ignored --momentum, a weight decay that destroys the weights."""
+    if args.momentum is not None and config["optimizer"] != "sgd":
+        raise XpnetError(f"--momentum applies only to --optimizer sgd; this run uses {config['optimizer']}, whose "
+                         "moment estimates have their own fixed betas: leave out --momentum or add --optimizer sgd")
+    shrink = config["lr"] * config["weight_decay"]
+    if config["optimizer"] in ("sgd", "adamw") and shrink >= 1:
+        raise XpnetError(f"--weight-decay {config['weight_decay']:g} with --lr {config['lr']:g} would shrink every weight by "
+                         f"lr × weight decay = {shrink:g} of itself per step, which must be below 1 (the weights would "
+                         f"flip sign and grow): choose a smaller --weight-decay")
+
+
+def check_memory_for(sizes: dict[str, int]) -> None:
+    """Refuse, before generating it, a synthetic set larger than this machine's memory.
+
+    ``sizes`` maps flags to image counts, e.g. {"--train-size": 20000, "--test-size": 5000}.
+    """
+    needed = sum(sizes.values()) * BYTES_PER_IMAGE
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): let the allocation decide
+        return
+    if needed > available:
+        counts = " and ".join(f"{flag} {count:,}" for flag, count in sizes.items())
+        raise XpnetError(f"{counts}: the synthetic images would need {needed / 2**30:,.1f} GiB of memory, more than this "
+                         f"machine's {available / 2**30:,.1f} GiB: choose a smaller {max(sizes, key=sizes.get)}")
+
+
+def check_environment() -> None:
+    """XPNET_NUM_THREADS, when set, must be a whole number ≥ 1 (the cpu backend's threads)."""
+    value = os.environ.get("XPNET_NUM_THREADS", "").strip()
+    if not value:
+        return
+    try:
+        valid = int(value) >= 1
+    except ValueError:
+        valid = False
+    if not valid:
+        raise XpnetError(f"XPNET_NUM_THREADS must be a whole number of at least 1 (the cpu backend's threads), got {value!r}: "
+                         f"set it to e.g. 2, or unset it to use every core")
+
+
+@contextmanager
+def out_of_memory_advice(activity: str, advice: str):
+    """Turn running out of memory during ``activity`` into one error line with ``advice``."""
+    try:
+        yield
+    except MemoryError:
+        raise XpnetError(f"out of memory while {activity}; {advice}") from None
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError
+            raise XpnetError(f"the GPU ran out of memory ({exc}); {advice}") from None
+        raise
+
+
+def import_modules(*names: str) -> None:
+    """Import ``names`` with stop signals deferred, then act on a signal that came meanwhile.
+
+    An import cut short by KeyboardInterrupt leaves a module half-initialised (NumPy then
+    refuses to load a second time), and the clean-up after an interrupt needs several of
+    them. Importing them first, in one piece, delays a Ctrl-C by at most the import time.
+    """
+    import importlib
+
+    with interrupts.deferred():
+        for name in names:
+            importlib.import_module(name)
+    interrupts.check()
+
+
+# -- data and device ----------------------------------------------------------------------------
 def choose_backend(device: str, log):
-    backend = get_backend(device)
+    from backends import BackendUnavailableError, get_backend
+
+    def backend_named(name: str):
+        with interrupts.deferred():  # importing CuPy and starting CUDA: not to be cut in half
+            return get_backend(name)
+
+    try:
+        backend = backend_named(device)
+    except BackendUnavailableError as exc:
+        raise XpnetError(str(exc)) from None
     if device == "auto" and backend.name == "cpu":
         try:
-            get_backend("cuda")
+            backend_named("cuda")
         except BackendUnavailableError as exc:
             log(f"note: --device auto is using the cpu ({exc})")
+    interrupts.check()
     return backend
 
 
-def load_data(config: dict, download: bool, log):
+def svhn_folder(config: dict, args: argparse.Namespace, checkpoint, splits) -> Path:
+    """The SVHN folder, downloaded into with --download; a folder saved in a checkpoint is checked here."""
+    data_dir = Path(config["data_dir"]).expanduser()
+    if args.download:
+        from training.download import download_svhn
+
+        download_svhn(data_dir, splits=splits)
+    elif checkpoint is not None and checkpoint.config.get("dataset") == "svhn" and args.data_dir is None and not data_dir.is_dir():
+        relative = "" if data_dir.is_absolute() else (
+            f"; it is relative to the folder that run started in, and from here it would be {data_dir.absolute()}")
+        raise XpnetError(f"the SVHN folder {data_dir} that {checkpoint.path} was trained with does not exist here{relative}: "
+                         f"pass --data-dir with the folder that holds {' and '.join(f'{s}_32x32.mat' for s in splits)}")
+    return data_dir
+
+
+def load_training_data(config: dict, args: argparse.Namespace, log, checkpoint=None):
     """(train, test) ImageSets of the configured dataset."""
     if config["dataset"] == "synthetic":
         from training.synthetic import make_synthetic
 
+        check_memory_for({"--train-size": config["train_size"], "--test-size": config["test_size"]})
         started = time.perf_counter()
-        train, test = make_synthetic(config["train_size"], config["test_size"], seed=config["seed"])
+        with out_of_memory_advice("making the synthetic images", "choose a smaller --train-size"):
+            train, test = make_synthetic(config["train_size"], config["test_size"], seed=config["seed"])
         log(f"synthetic digits: {len(train):,} train / {len(test):,} test images ({time.perf_counter() - started:.1f} s)")
         return train, test
     from training.data import load_svhn
 
-    if download:
-        from training.download import download_svhn
-
-        splits = ("train", "test", "extra") if config["extra"] else ("train", "test")
-        download_svhn(config["data_dir"], splits=splits)
-    train, test = load_svhn(config["data_dir"], extra=bool(config["extra"]))
-    log(f"SVHN from {config['data_dir']}: {len(train):,} train / {len(test):,} test images")
+    import_modules("scipy.io")
+    splits = ("train", "test", "extra") if config["extra"] else ("train", "test")
+    data_dir = svhn_folder(config, args, checkpoint, splits)
+    with out_of_memory_advice("reading the SVHN files", "leave out --extra, or use a machine with more memory"):
+        train, test = load_svhn(data_dir, extra=bool(config["extra"]))
+    log(f"SVHN from {data_dir}: {len(train):,} train / {len(test):,} test images")
     return train, test
+
+
+def load_test_data(config: dict, args: argparse.Namespace, log, checkpoint):
+    """Only the test split: all that evaluation needs."""
+    if config["dataset"] == "synthetic":
+        from training.synthetic import make_synthetic_test
+
+        check_memory_for({"--test-size": config["test_size"]})
+        n_train = checkpoint.config.get("train_size")  # to find the training run's cached set
+        if checkpoint.config.get("dataset") != "synthetic" or type(n_train) is not int or n_train < 1:
+            n_train = None
+        with out_of_memory_advice("making the synthetic images", "choose a smaller --test-size"):
+            return make_synthetic_test(config["test_size"], seed=config["seed"], n_train=n_train)
+    from training.data import load_svhn_split
+
+    import_modules("scipy.io")
+    test = load_svhn_split(svhn_folder(config, args, checkpoint, ("test",)), "test")
+    log(f"SVHN test set from {config['data_dir']}: {len(test):,} images")
+    return test
+
+
+def normalisation_of(train_set, checkpoint):
+    """(mean, std): the checkpoint's, else measured on the training images (never the test images)."""
+    from training.data import channel_stats
+
+    if checkpoint is not None and "mean" in checkpoint.config:
+        return checkpoint.normalisation()
+    mean, std = channel_stats(train_set.images)
+    if (std == 0).any():
+        channel = int(std.argmin())
+        raise XpnetError(f"every training image of {train_set.name} has the same value in colour channel {channel} "
+                         f"({round(255 * mean[channel])} of 255), so the inputs cannot be normalised: check the data files")
+    return mean, std
 
 
 def make_optimizer(name: str, parameters, config: dict):
@@ -205,24 +480,93 @@ def make_optimizer(name: str, parameters, config: dict):
     return optimizer_class(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
 
 
+# -- training ---------------------------------------------------------------------------------------
 def train(args: argparse.Namespace, log) -> int:
+    """A new run, or a resumed one (--resume): exit code 0 when every epoch is done, 130 when interrupted."""
+    checkpoint = checked_checkpoint(args.resume, "resume", args) if args.resume else None
+    config = settings(args, checkpoint, used=RESUMED_SETTINGS)
+    check_data_flags(args, config, "resume" if checkpoint else "train", checkpoint)
+    check_training_settings(args, config)
+    if checkpoint is not None and checkpoint.epoch >= config["epochs"]:
+        raise XpnetError(f"{args.resume} already holds {checkpoint.epoch} epochs; "
+                         f"pass --epochs greater than {checkpoint.epoch} to train further")
+    folder, trainer, interrupted = None, None, False
+    try:
+        folder, replaced = claim_output_folder(args, config, checkpoint)
+        found = file_identity(folder.path / "checkpoint.npz")  # another run's, or the resumed run's own
+        if folder.stale_lock_of:
+            log(f"note: {folder.path} had a stale lock of process {folder.stale_lock_of}, which has ended; taking it over")
+        trainer, train_loader, test_loader, start_epoch = prepared_trainer(args, config, checkpoint, folder, replaced, log)
+        with np_quiet(), out_of_memory_advice("training", "try a smaller --batch-size"):
+            trainer.fit(train_loader, test_loader, config["epochs"], start_epoch=start_epoch)
+        interrupted = trainer.interrupted
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        interrupts.shutting_down()  # a second Ctrl-C cannot cut short what follows
+        saved_epoch = None
+        if folder is not None:
+            try:
+                path = folder.path / "checkpoint.npz"
+                if file_identity(path) != found or (checkpoint is not None and "checkpoint.npz" not in replaced):
+                    saved_epoch = epoch_saved_in(path)  # written by this run, or an earlier state of it
+            finally:
+                folder.release()
+    if interrupted:
+        report_interrupt(args, config, checkpoint, folder, saved_epoch)
+        return 130
+    best = max(trainer.history, key=lambda row: row["test_acc"])
+    final = trainer.history[-1]
+    print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
+          f"files in {folder.path}: checkpoint.npz best.npz metrics.json curves.png confusion.png")
+    return 0
+
+
+def claim_output_folder(args: argparse.Namespace, config: dict, checkpoint):
+    """``(folder, replaced)``: the run folder, locked for this process and checked to lose no
+    other run, and the names of the files of another run in it that --overwrite replaces."""
+    from training.run_folder import FolderInUseError, check_new_run, check_resume_target, claim
+
+    if args.out is None and checkpoint is None:  # a fresh default name: runs/<model>-<timestamp>[-n]
+        base = Path("runs") / f"{config['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for attempt in range(1, 100):
+            candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+            if candidate.exists():
+                continue
+            try:
+                folder = claim(candidate)
+            except FolderInUseError:  # another run took this name a moment ago
+                continue
+            if folder.created(candidate):
+                return folder, []
+            folder.release()
+        raise XpnetError(f"found no free folder name like {base}; choose one with --out")
+    out = args.out if args.out is not None else args.resume.parent
+    folder = claim(out)
+    try:
+        if checkpoint is None:
+            check_new_run(folder, args.overwrite)
+            replaced = folder.run_files()  # with --overwrite; without it, check_new_run refused them
+        else:
+            replaced = check_resume_target(folder, args.resume, checkpoint.history, args.overwrite)
+    except BaseException:
+        folder.release()
+        raise
+    return folder, replaced
+
+
+def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder, replaced: list[str], log):
+    """Backend, data, model and optimizer: ``(trainer, train_loader, test_loader, start_epoch)`` ready to fit."""
     from models import build_model
-    from training.checkpoint import load_checkpoint
-    from training.data import DataLoader, channel_stats
+    from training.data import DataLoader
     from training.trainer import Trainer
 
-    checkpoint = load_checkpoint(args.resume) if args.resume else None
-    config = settings(args, checkpoint.config if checkpoint else None)
-    if args.momentum is not None and config["optimizer"] != "sgd":
-        raise XpnetError(f"--momentum applies only to --optimizer sgd; this run uses {config['optimizer']}, whose "
-                         "moment estimates have their own fixed betas: leave out --momentum or add --optimizer sgd")
     backend = choose_backend(args.device, log)
-    train_set, test_set = load_data(config, args.download, log)
-    if checkpoint is not None and "mean" in checkpoint.config:
-        mean, std = np.array(checkpoint.config["mean"]), np.array(checkpoint.config["std"])
-    else:
-        mean, std = channel_stats(train_set.images)
-    config.update(mean=mean.tolist(), std=std.tolist())
+    interrupts.check()
+    train_set, test_set = load_training_data(config, args, log, checkpoint)
+    interrupts.check()
+    mean, std = normalisation_of(train_set, checkpoint)
+    config.update(mean=mean.tolist(), std=std.tolist(), device=backend.name)
 
     model = build_model(config["model"], seed=config["seed"]).to(backend, config["dtype"])
     optimizer = make_optimizer(config["optimizer"], model.parameters(), config)
@@ -238,79 +582,105 @@ def train(args: argparse.Namespace, log) -> int:
             raise XpnetError(f"{args.resume} was trained with --momentum {saved_momentum}; momentum cannot change "
                              f"when resuming (its buffers depend on it): leave out --momentum")
         start_epoch, history = checkpoint.epoch, list(checkpoint.history)
-        if start_epoch >= config["epochs"]:
-            raise XpnetError(
-                f"{args.resume} already holds {start_epoch} epochs; pass --epochs greater than {start_epoch} to train further"
-            )
-    out = Path(args.out) if args.out else (
-        Path(args.resume).parent if checkpoint is not None else Path("runs") / f"{config['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise XpnetError(f"cannot create the output folder {out}: {exc.strerror or exc}; choose another with --out") from exc
-    try:  # find out now, not after the first epoch
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as exc:
-        raise XpnetError(f"the output folder {out} is not writable: {exc.strerror or exc}; choose another with --out") from exc
 
-    config.update(device=backend.name)
-    train_loader = DataLoader(train_set.images, train_set.labels, config["batch_size"], backend, mean, std,
-                              shuffle=True, seed=config["seed"])
-    test_loader = DataLoader(test_set.images, test_set.labels, max(config["batch_size"], 500), backend, mean, std, shuffle=False)
+    loader_options = dict(backend=backend, mean=mean, std=std, dtype=config["dtype"])
+    train_loader = DataLoader(train_set.images, train_set.labels, config["batch_size"], shuffle=True, seed=config["seed"],
+                              **loader_options)
+    test_loader = DataLoader(test_set.images, test_set.labels, max(config["batch_size"], EVALUATION_BATCH), shuffle=False,
+                             **loader_options)
     if not args.quiet:
         log(model.summary(config["batch_size"]))
     what = f"resuming at epoch {start_epoch + 1}" if checkpoint else "training"
-    log(f"{what}: {config['model']} on {backend.name}, {optimizer!r}, batch {config['batch_size']}, "
-        f"{config['epochs']} epochs; writing to {out}")
+    log(f"{what}: {config['model']} on {backend.name} ({config['dtype']}), {optimizer!r}, batch {config['batch_size']}, "
+        f"{config['epochs']} epochs; writing to {folder.path}")
+    if replaced:  # --overwrite, only now that all is ready: an error above has destroyed nothing
+        removed = folder.remove_run_files(replaced)
+        log(f"--overwrite: removed the other run's {', '.join(removed)} from {folder.path}")
 
-    trainer = Trainer(model, optimizer, backend, out_dir=out, config=config, progress=not args.quiet,
+    trainer = Trainer(model, optimizer, backend, out_dir=folder.path, config=config, progress=not args.quiet,
                       log=log if not args.quiet else (lambda message: None))
     trainer.history = history
-    # A diverging loss gets one clear error instead of NumPy's overflow warnings, also from
-    # the cpu backend's worker threads (np.errstate only covers the calling thread).
+    return trainer, interrupts.StopOnSignal(train_loader), interrupts.StopOnSignal(test_loader), start_epoch
+
+
+@contextmanager
+def np_quiet():
+    """A diverging loss gets one clear error instead of NumPy's overflow warnings.
+
+    Also from the cpu backend's worker threads (np.errstate only covers the calling thread).
+    """
+    import numpy as np
+
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        trainer.fit(train_loader, test_loader, config["epochs"], start_epoch=start_epoch)
-    if trainer.interrupted:
-        if trainer.checkpoint_epoch:
-            print(f"interrupted: {out / 'checkpoint.npz'} holds epoch {trainer.checkpoint_epoch}; continue with: "
-                  f"python cli.py --resume {out / 'checkpoint.npz'} --epochs {config['epochs']}", file=sys.stderr)
-        else:
-            print(f"interrupted before an epoch ended; nothing new was saved in {out}", file=sys.stderr)
-        return 130
-    best = max(trainer.history, key=lambda row: row["test_acc"])
-    final = trainer.history[-1]
-    print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
-        f"files in {out}: checkpoint.npz best.npz metrics.json curves.png confusion.png")
-    return 0
+        yield
 
 
-def restored_model(path, device: str, log):
+def file_identity(path: Path):
+    """What tells one file at ``path`` from the next (every save replaces the file); None if there is none."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_mtime_ns
+
+
+def epoch_saved_in(path: Path) -> int | None:
+    """The epoch the checkpoint at ``path`` holds, read from the file itself; None if there is none."""
+    from training.checkpoint import read_header
+    from training.errors import CheckpointError
+
+    try:
+        return int(read_header(path)["epoch"]) if path.is_file() else None
+    except CheckpointError:
+        return None
+
+
+def report_interrupt(args: argparse.Namespace, config: dict, checkpoint, folder, saved_epoch: int | None) -> None:
+    """Say on stderr what an interrupt kept (as the files say, not as the trainer last knew), and how to continue."""
+    continue_from, epoch = (folder.path / "checkpoint.npz", saved_epoch) if folder is not None else (None, None)
+    if checkpoint is not None and (epoch is None or checkpoint.epoch > epoch):
+        continue_from, epoch = args.resume, checkpoint.epoch
+    if epoch:
+        print(f"interrupted: {continue_from} holds epoch {epoch}; continue with: "
+              f"python cli.py --resume {continue_from} --epochs {config['epochs']}", file=sys.stderr)
+    elif folder is not None:
+        print(f"interrupted before an epoch ended; nothing was saved in {folder.path}", file=sys.stderr)
+    else:
+        print("interrupted before training began; nothing was saved", file=sys.stderr)
+
+
+# -- evaluation and prediction ----------------------------------------------------------------------
+def restored_model(checkpoint, config: dict, backend):
     from models import build_model
-    from training.checkpoint import load_checkpoint
 
-    checkpoint = load_checkpoint(path)
-    backend = choose_backend(device, log)
-    config = checkpoint.config
-    model = build_model(checkpoint.model_name, seed=0).to(backend, config.get("dtype", "float32"))
+    model = build_model(checkpoint.model_name, seed=0).to(backend, config["dtype"])
     checkpoint.restore_model(model, backend)
-    if "mean" not in config or "std" not in config:
-        raise XpnetError(f"{path} has no normalisation statistics; it was not written by cli.py training")
-    return checkpoint, model.eval(), backend, np.array(config["mean"]), np.array(config["std"])
+    return model.eval()
 
 
 def evaluate(args: argparse.Namespace, log) -> int:
+    """Loss and accuracy of a checkpoint on a test set (only the test split is read)."""
     from training.data import DataLoader
     from training.metrics import per_class_accuracy
     from training.trainer import Trainer
 
-    checkpoint, model, backend, mean, std = restored_model(args.evaluate, args.device, log)
-    config = settings(args, checkpoint.config)
-    _, test_set = load_data(config, args.download, log)
-    loader = DataLoader(test_set.images, test_set.labels, 500, backend, mean, std, shuffle=False)
-    result = Trainer(model, None, backend, progress=False).evaluate(loader)
+    checkpoint = checked_checkpoint(args.evaluate, "evaluate", args)
+    config = settings(args, checkpoint, used=EVALUATION_SETTINGS)
+    check_data_flags(args, config, "evaluate", checkpoint)
+    mean, std = checkpoint.normalisation()
+    backend = choose_backend(args.device, log)
+    model = restored_model(checkpoint, config, backend)
+    interrupts.check()
+    test_set = load_test_data(config, args, log, checkpoint)
+    interrupts.check()
+    loader = DataLoader(test_set.images, test_set.labels, args.batch_size or EVALUATION_BATCH, backend, mean, std,
+                        shuffle=False, dtype=config["dtype"])
+    with np_quiet(), out_of_memory_advice("evaluating", "try a smaller --batch-size"):
+        result = Trainer(model, None, backend, progress=False).evaluate(interrupts.StopOnSignal(loader))
+    if not math.isfinite(result.loss):
+        raise XpnetError(f"the network of {args.evaluate} gives a {result.loss} loss on {test_set.name}: its outputs overflow, "
+                         f"so its accuracy means nothing; the checkpoint is damaged or diverged: use another one")
     log(f"{args.evaluate} ({checkpoint.model_name}, epoch {checkpoint.epoch}) on {test_set.name}: "
         f"loss {result.loss:.4f}, accuracy {100 * result.accuracy:.2f}% of {len(result.labels):,} images")
     log("per-class accuracy: " + "  ".join(f"{digit}: {100 * value:.1f}%" for digit, value in enumerate(per_class_accuracy(result.confusion))))
@@ -319,52 +689,107 @@ def evaluate(args: argparse.Namespace, log) -> int:
 
 
 def predict(args: argparse.Namespace, log) -> int:
+    """The three likeliest digits of each image, with their probabilities."""
+    import numpy as np
+
     from training.images import read_image
 
-    _, model, backend, mean, std = restored_model(args.checkpoint, args.device, log)
-    xp = backend.xp
+    checkpoint = checked_checkpoint(args.checkpoint, "predict", args)
+    config = settings(args, checkpoint, used=PREDICTION_SETTINGS)
+    mean, std = checkpoint.normalisation()
+    backend = choose_backend(args.device, log)
+    model = restored_model(checkpoint, config, backend)
     images = np.stack([read_image(path) for path in args.predict])
-    x = (images.astype(np.float32) / 255.0 - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1)
-    logits = backend.to_numpy(model.forward(backend.asarray(x, dtype=model.dtype)))
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-    del xp
+    batch = args.batch_size or EVALUATION_BATCH
+    with np_quiet(), out_of_memory_advice("classifying the images", "try a smaller --batch-size"):
+        probabilities = np.concatenate([class_probabilities(model, backend, images[start:start + batch], mean, std)
+                                        for start in range(0, len(images), batch)])
+    for path, row in zip(args.predict, probabilities):
+        if not np.isfinite(row).all():
+            raise XpnetError(f"the network of {args.checkpoint} gives non-finite outputs for {path}: they overflow, so its "
+                             f"classes mean nothing; the checkpoint is damaged or diverged: use another one")
     for path, row in zip(args.predict, probabilities):
         top = np.argsort(-row, kind="stable")[:3]
         print(f"{path}: " + ", ".join(f"{digit} ({100 * row[digit]:.1f}%)" for digit in top))
     return 0
 
 
-def _interrupt_on_sigterm(signum, frame):
-    raise KeyboardInterrupt
+def class_probabilities(model, backend, images, mean, std):
+    """Softmax of the network's outputs for uint8 images (N, 3, 32, 32), on the host (float64)."""
+    import numpy as np
+
+    x = (images.astype(np.float64) / 255.0 - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1)
+    logits = backend.to_numpy(model.forward(backend.asarray(x, dtype=model.dtype))).astype(np.float64)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+# -- the program ------------------------------------------------------------------------------------
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    log = (lambda message: None) if args.quiet and not (args.evaluate or args.predict) else (lambda message: print(message, flush=True))
-    previous = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    """Run the command line; returns the exit code (usage errors exit through argparse with code 2).
+
+    ``argv`` None means this is the program itself (``python cli.py``, ``xpnet``): its
+    signal handlers then stay, recording only, until the process ends, so a late Ctrl-C
+    cannot print a traceback. A caller that passes ``argv`` gets its own handlers back.
+    """
+    interrupts.catch_signals(received=_signals_at_start[0] if _signals_at_start else None)
     try:
-        if args.evaluate:
-            return evaluate(args, log)
-        if args.predict:
-            return predict(args, log)
-        return train(args, log)
-    except (XpnetError, BackendUnavailableError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        with streams.readers_may_leave() as (stdout, _), interrupts.quiet_unraisable():
+            code, command = run(argv)
+            if code == 0 and stdout.reader_left and command in ("evaluate", "predict"):
+                return 1  # the reader of the output left early: Python's own exit code on EPIPE
+            return code
+    except KeyboardInterrupt:  # in the moment before run() took over
+        interrupts.shutting_down()
         print("interrupted", file=sys.stderr)
         return 130
-    except MemoryError:
-        print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
-        return 2
-    except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError":  # cupy.cuda.memory.OutOfMemoryError
-            print(f"error: the GPU ran out of memory ({exc}); try a smaller --batch-size", file=sys.stderr)
-            return 2
-        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if argv is None:
+            interrupts.shutting_down()
+        else:
+            interrupts.restore_signals()
+
+
+def run(argv) -> tuple[int, str | None]:
+    """Parse and run one command: ``(exit code, command)``; every error a user can cause is one ``error:`` line."""
+    command = None
+    try:
+        interrupts.check()
+        args = parse_args(argv)
+        command = "evaluate" if args.evaluate else "predict" if args.predict else "train"
+        log = (lambda message: None) if args.quiet else (lambda message: print(message, flush=True))
+        check_environment()
+        import_modules(*COMMON_MODULES, *COMMAND_MODULES[command])
+        with warnings_as_lines():
+            return {"evaluate": evaluate, "predict": predict, "train": train}[command](args, log), command
+    except XpnetError as exc:
+        interrupts.shutting_down()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2, command
+    except KeyboardInterrupt:
+        interrupts.shutting_down()
+        print("interrupted", file=sys.stderr)
+        return 130, command
+    except MemoryError:
+        interrupts.shutting_down()
+        print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
+        return 2, command
+    except OSError as exc:  # the system refused something no check above foresaw (a permission, a full disk)
+        interrupts.shutting_down()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check that file's permissions and the free disk space", file=sys.stderr)
+        return 2, command
+
+
+@contextmanager
+def warnings_as_lines():
+    """Python warnings (e.g. "could not cache the synthetic data") as one line ``warning: ...`` each."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {message}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 if __name__ == "__main__":

@@ -137,7 +137,8 @@ def test_svhn_format_files_train(tmp_path, capsys):
         (["--lr", "-0.1"], "--lr: must be a positive number"),
         (["--lr", "nan"], "--lr: must be a positive number"),
         (["--lr", "inf"], "--lr: must be a positive number"),
-        (["--momentum", "-1"], "--momentum: must be zero or positive"),
+        (["--momentum", "-1"], "--momentum: must be at least 0 and below 1"),
+        (["--momentum", "5"], "--momentum: must be at least 0 and below 1 (at 1 or more, SGD's steps grow without bound), got 5"),
         (["--weight-decay", "nan"], "--weight-decay: must be zero or positive"),
         (["--seed", "-1"], "--seed: must be zero or positive"),
         (["--seed", "x"], "--seed: expected a whole number"),
@@ -148,6 +149,8 @@ def test_svhn_format_files_train(tmp_path, capsys):
         (["--dataset", "mnist"], "invalid choice: 'mnist'"),
         (["--checkpoint", "a.npz"], "--checkpoint goes with --predict"),
         (["--predict", "x.png", "--checkpoint", "a.npz", "--resume", "b.npz"], "cannot be used together"),
+        (["--out", ""], "--out: expected a file or folder name, got an empty one"),
+        (["--epochs", "2e0", "--lr", "1e-3", "--out", " "], "--out: expected a file or folder name"),
     ],
 )
 def test_bad_arguments_are_usage_errors(argv, message, capsys):

@@ -130,7 +130,7 @@ def test_present_file_with_wrong_content_is_an_error(tmp_path, server, table, sv
     data = bytearray(svhn_bytes["train_32x32.mat"])
     data[-1] ^= 0xFF
     (tmp_path / "train_32x32.mat").write_bytes(bytes(data))
-    with pytest.raises(DownloadError, match="SHA-256 does not match.*delete it"):
+    with pytest.raises(DownloadError, match="SHA-256 does not match.*leaves it alone: move or rename it"):
         download(tmp_path, server, table, splits=("train",))
     (tmp_path / "train_32x32.mat").write_bytes(b"short")
     with pytest.raises(DownloadError, match="size is 5 bytes"):

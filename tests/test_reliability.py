@@ -20,6 +20,7 @@ import tempfile
 import time
 import types
 import zipfile
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cli
-from cli_helpers import SMALL, run
+from cli_helpers import SMALL, one_error_line, run
 from backends import get_backend, registry
 from layers import CrossEntropyLoss, Linear
 from models import MLP, build_model
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import DataLoader, channel_stats, read_svhn_mat, write_svhn_mat
 from training.errors import CheckpointError, DataError, TrainingDiverged, XpnetError
+from training import run_folder
 from training.optim import SGD, Adam
 from training.trainer import Trainer, write_metrics
 
@@ -43,14 +45,6 @@ TIMING = {"examples_per_sec", "seconds"}
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")
-
-
-def one_error_line(err: str) -> str:
-    """The single line of stderr, which must be an ``error:`` line."""
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
-    assert lines[0].startswith("error: ") and "Traceback" not in err
-    return lines[0]
 
 
 def without_timing(history):
@@ -184,11 +178,14 @@ def test_read_only_output_folder_fails_before_training(tmp_path, capsys, monkeyp
     out.mkdir()
     out.chmod(0o500)
     if os.access(out, os.W_OK):  # root ignores the mode: make the folder refuse files another way
+        real_open = os.open
 
-        def refuse(*args, **kwargs):
-            raise PermissionError(13, "Permission denied")
+        def refuse_in_out(path, *args, **kwargs):  # the first file a run makes is its folder's lock
+            if Path(path).parent == out:
+                raise PermissionError(13, "Permission denied")
+            return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+        monkeypatch.setattr(run_folder.os, "open", refuse_in_out)
     trained = []
     monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: trained.append(1))
     try:
@@ -328,15 +325,20 @@ def test_auto_falls_back_to_cpu_with_a_notice(fault, fake_cuda, tmp_path, capsys
 
 # -- 4. the loss becomes NaN or infinite ---------------------------------------------------------------
 def test_divergence_in_the_first_epoch_claims_no_checkpoint(tmp_path, capsys):
+    """--overwrite removed the earlier run's checkpoint; the diverged run must not claim one of its own."""
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.npz").write_bytes(b"a checkpoint of some earlier run in the same folder")
-    code, _, err = run(SMALL + ["--optimizer", "sgd", "--lr", "1e6", "--epochs", "2", "--out", str(out)], capsys)
+    argv = SMALL + ["--optimizer", "sgd", "--lr", "1e6", "--epochs", "2", "--out", str(out)]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "already holds a run (checkpoint.npz)" in one_error_line(err)
+    assert (out / "checkpoint.npz").read_bytes() == b"a checkpoint of some earlier run in the same folder"
+    code, _, err = run(argv + ["--overwrite"], capsys)
     assert code == 2
     line = one_error_line(err)  # also: no NumPy overflow warnings around it
     assert line.startswith("error: the training loss became") and "try a smaller --lr; no checkpoint was saved" in line
     assert "intact" not in line
-    assert (out / "checkpoint.npz").read_bytes() == b"a checkpoint of some earlier run in the same folder"
+    assert sorted(p.name for p in out.iterdir()) == []
 
 
 def test_resume_with_a_smaller_lr_uses_it(tmp_path, capsys):
@@ -408,11 +410,11 @@ def test_any_number_flag_text_is_accepted_or_a_usage_error(text):
     if args is not None:
         assert 0 < args.lr < float("inf") and args.lr == float(text)
     args = _parse_quietly([f"--epochs={text}", f"--batch-size={text}"])
-    if args is not None:
-        assert args.epochs == args.batch_size == int(text) >= 1
+    if args is not None:  # a whole number, also one written with an exponent ("2e4")
+        assert args.epochs == args.batch_size == Decimal(text) >= 1
     args = _parse_quietly([f"--seed={text}"])
     if args is not None:
-        assert args.seed == int(text) >= 0
+        assert args.seed == Decimal(text) >= 0
 
 
 @pytest.mark.parametrize("missing", ["image", "checkpoint", "resume"])

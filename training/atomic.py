@@ -1,4 +1,4 @@
-"""Writing a file so that a crash or a full disk never leaves half of it."""
+"""Writing a file so that a crash, a full disk or Ctrl-C never leaves half of it."""
 from __future__ import annotations
 
 import os
@@ -6,31 +6,57 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable
 
+from . import interrupts
+
 
 def write_atomically(path: Path, write: Callable[[IO], None], text: bool = False) -> None:
     """Make ``path`` hold what ``write(stream)`` writes, or leave it as it was.
 
     ``write`` fills a temporary file in the same folder; it is flushed to disk and renamed
     over ``path`` (``os.replace`` is atomic), and the folder entry is flushed too. Any
-    failure (an OSError from a full disk or an unwritable folder, or an interrupt) removes
-    the temporary file and propagates: the previous ``path``, if any, is untouched.
+    failure (an OSError from a full disk or an unwritable folder, or an exception from
+    ``write``) removes the temporary file and propagates: the previous ``path``, if any, is
+    untouched. A stop signal that arrives meanwhile (see ``training.interrupts``) lets the
+    file be finished first. The file gets the permissions of any new file (0666 less the
+    umask), not the owner-only 0600 of a temporary file.
     """
     path = Path(path)
     folder = path.parent
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(handle, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
+    with interrupts.deferred():
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
         try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    _fsync_folder(folder)
+            with os.fdopen(handle, "w" if text else "wb", **({"encoding": "utf-8"} if text else {})) as stream:
+                write(stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temporary, new_file_mode())
+            os.replace(temporary, path)
+        except BaseException:
+            try:
+                os.unlink(temporary)
+            except OSError:
+                pass
+            raise
+        _fsync_folder(folder)
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` would give a new file: 0o666 without the bits of the umask."""
+    return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:  # Linux 4.7+: no window in which another thread could create a file with umask 0
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

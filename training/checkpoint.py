@@ -23,6 +23,25 @@ from .atomic import write_atomically
 from .errors import CheckpointError
 
 FORMAT_VERSION = 1
+# What the trainer writes for each epoch; metrics.json holds the same rows.
+HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds")
+_EDITED = "the file was edited or damaged: use another checkpoint (best.npz or checkpoint.npz of a run)"
+
+
+def _is_real(value) -> bool:
+    """An int or float read back from JSON (not a bool, string or list)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fits_history(key: str, value) -> bool:
+    """Whether a history row's ``value`` for ``key`` is one the trainer could have written."""
+    if not _is_real(value):
+        return False
+    if key.endswith("_acc"):
+        return 0 <= value <= 1
+    if key.endswith("_loss"):
+        return 0 <= value < float("inf")
+    return value != value or 0 <= value < float("inf")  # examples_per_sec, seconds: NaN when too fast to time
 
 
 def save_checkpoint(path, model, optimizer=None, *, epoch: int, backend, config: dict | None = None,
@@ -94,6 +113,47 @@ class Checkpoint:
     def history(self) -> list:
         return self.meta.get("history", [])
 
+    # -- checks of what a hand edit or a damaged file could break ----------------------------
+    def normalisation(self, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+        """The per-channel (mean, std) that the run normalised its inputs with, checked.
+
+        Both are in units of pixel/255, so each mean lies in [0, 1] and each std in (0, 1]
+        (a std of 0 would mean a constant channel).
+        """
+        config = self.config
+        if "mean" not in config or "std" not in config:
+            raise CheckpointError(f"{self.path} has no normalisation statistics; it was not written by cli.py training")
+        mean, std = config["mean"], config["std"]
+        for name, value, fits in (("mean", mean, lambda v: 0 <= v <= 1), ("std", std, lambda v: 0 < v <= 1)):
+            if not (isinstance(value, list) and len(value) == channels and all(_is_real(v) and fits(v) for v in value)):
+                bounds = "[0, 1]" if name == "mean" else "(0, 1]"
+                raise CheckpointError(f"{self.path}: its config has {name} = {value!r}, expected {channels} numbers in "
+                                      f"{bounds}, one per colour channel; {_EDITED}")
+        return np.array(mean, dtype=np.float64), np.array(std, dtype=np.float64)
+
+    def check_weights_finite(self) -> None:
+        """Refuse weights that hold NaN or infinity: their outputs would be meaningless."""
+        for name, array in self.params.items():
+            if not np.isfinite(array).all():
+                raise CheckpointError(f"{self.path}: parameter {name} holds NaN or infinite values; {_EDITED}")
+
+    def check_history(self) -> None:
+        """Each row of the history has the keys the trainer writes, and rows count epochs 1, 2, ..."""
+        history = self.history
+        for index, row in enumerate(history):
+            missing = [key for key in HISTORY_KEYS if key not in row]
+            if missing:
+                problem = f"has no {', '.join(missing)}"
+            elif type(row["epoch"]) is not int or row["epoch"] != index + 1:
+                problem = f"has epoch {row['epoch']!r} where {index + 1} belongs"
+            else:
+                odd = [key for key in HISTORY_KEYS[1:] if not _fits_history(key, row[key])]
+                problem = f"has {odd[0]} = {row[odd[0]]!r}, which no training writes" if odd else None
+            if problem:
+                raise CheckpointError(f"{self.path}: row {index + 1} of its history {problem}; {_EDITED}")
+        if len(history) != self.epoch:
+            raise CheckpointError(f"{self.path} holds epoch {self.epoch} but a history of {len(history)} epochs; {_EDITED}")
+
     def restore_model(self, model, backend) -> None:
         """Copy the saved weights into ``model`` (checked: same model and shapes)."""
         if model.name != self.model_name:
@@ -128,34 +188,68 @@ class Checkpoint:
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; anything else is a CheckpointError."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the checkpoint.npz or best.npz of a run")
-    with open(path, "rb") as stream:
-        magic = stream.read(4)
+    return _parse(path, _read_entries(path))
+
+
+def read_header(path) -> dict:
+    """Only the header (``meta``) of a checkpoint, checked as load_checkpoint checks it.
+
+    Cheap, whatever the size of the weights: an .npz is a zip archive, and only its
+    ``meta`` entry is read.
+    """
+    path = Path(path)
+    return _checked_header(path, _read_entries(path, names=("meta",)))
+
+
+def _read_entries(path: Path, names=None) -> dict[str, np.ndarray]:
+    """The arrays of the .npz archive at ``path`` (only ``names``, if given)."""
+    _check_is_file(path)
+    try:
+        with open(path, "rb") as stream:
+            magic = stream.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
     if magic != b"PK\x03\x04":  # every .npz is a zip archive
         raise CheckpointError(f"{path} is not a readable xpnet checkpoint (not an .npz archive); it may be corrupt or truncated")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            contents = {name: archive[name] for name in archive.files}
+            wanted = archive.files if names is None else [name for name in names if name in archive.files]
+            return {name: archive[name] for name in wanted}
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise CheckpointError(f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one") from exc
         raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({exc}); it may be corrupt or truncated") from exc
+    except OSError as exc:
+        if exc.errno is not None:  # the system refused (permission, I/O error): the file may well be fine
+            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+        raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({type(exc).__name__}: {exc}); it may be corrupt or truncated") from exc
     except Exception as exc:  # BadZipFile, EOFError, zlib.error, ...: a truncated or mangled archive
         raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({type(exc).__name__}: {exc}); it may be corrupt or truncated") from exc
-    return _parse(path, contents)
 
 
-def _parse(path: Path, contents: dict[str, np.ndarray]) -> Checkpoint:
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        inside = [name for name in ("checkpoint.npz", "best.npz") if (path / name).is_file()]
+        hint = f"; did you mean {path / inside[0]}?" if inside else "; pass the checkpoint.npz or best.npz of a run"
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the checkpoint.npz or best.npz of a run")
+
+
+def _checked_header(path: Path, contents: dict[str, np.ndarray]) -> dict:
     if "meta" not in contents:
         raise CheckpointError(f"{path} is an .npz file but not an xpnet checkpoint (no 'meta' entry)")
     for name, value in contents.items():
         if not isinstance(value, np.ndarray):  # NpzFile hands out members not named *.npy as bytes
             raise CheckpointError(f"{path} has an entry {name!r} that is not a NumPy array; it is not an xpnet checkpoint")
     try:
-        meta = _checked_meta(contents["meta"])
+        return _checked_meta(contents["meta"])
     except (ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
         raise CheckpointError(f"{path} has an unreadable header ({exc}); it is not an xpnet checkpoint of this version") from exc
+
+
+def _parse(path: Path, contents: dict[str, np.ndarray]) -> Checkpoint:
+    meta = _checked_header(path, contents)
     parameter_shapes = meta["parameters"]
     params, optim = {}, {}
     for name, array in contents.items():

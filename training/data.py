@@ -41,6 +41,8 @@ _HDF5_SIGNATURE = b"\x89HDF"
 _HDF5_OFFSET = 512
 
 _FIX_HINT = "run with --download to fetch the official files, or use --dataset synthetic to train on the built-in set"
+_OFFICIAL_HINT = ("point --data-dir at a folder with the official train_32x32.mat and test_32x32.mat, "
+                  "or --download them into a folder of their own")
 
 
 @dataclass
@@ -93,90 +95,128 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read one SVHN format-2 ``*_32x32.mat`` file.
 
     Returns ``(images, labels)``: images (N, 3, 32, 32) uint8 C-contiguous, labels (N,)
-    int64 in 0..9 (the file's label 10 becomes 0). Raises DataError, saying what is wrong
-    with the file and what to do, when the file is missing, corrupt or not in this format.
+    int64 in 0..9 (the file's label 10 becomes 0). Only the variables X and y are read;
+    others (a note, a date) are allowed and skipped. Raises DataError, saying what is wrong
+    with the file and what to do, when the file is missing, unreadable, corrupt or not in
+    this format.
     """
-    import scipy.io
-
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an SVHN .mat file")
     if not path.is_file():
         raise DataError(f"SVHN file {path} not found; {_FIX_HINT}")
-    if _is_hdf5(path):
-        raise DataError(_hdf5_message(path))
-    _check_mat_v5(path)  # scipy's reader can crash the interpreter on a corrupt file
     try:
-        contents = scipy.io.loadmat(str(path))
-    except NotImplementedError:  # scipy's answer to MATLAB v7.3 (HDF5) files
-        raise DataError(_hdf5_message(path)) from None
-    except Exception as exc:  # truncated or corrupt: loadmat raises many kinds of error
-        raise DataError(
-            f"{path} could not be read as a MATLAB .mat file ({type(exc).__name__}: {exc}); "
-            f"it is probably truncated or corrupt: delete it and run with --download to fetch it again"
-        ) from exc
-
-    missing = [key for key in ("X", "y") if key not in contents]
-    if missing:
-        found = sorted(k for k in contents if not k.startswith("__"))
-        raise DataError(
-            f"{path} has no variable {' or '.join(missing)} (found: {', '.join(found) or 'none'}); "
-            f"SVHN cropped-digit files hold X (32, 32, 3, N) uint8 and y (N, 1) labels 1..10"
-        )
+        stream = open(path, "rb")
+    except OSError as exc:  # no read permission, an I/O error: the file itself may be fine
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}; make it readable, or point --data-dir elsewhere") from exc
+    with stream:
+        contents = _load_x_and_y(path, stream)
     images = _images_from_mat(path, contents["X"])
     labels = _labels_from_mat(path, contents["y"])
     if len(images) != len(labels):
         raise DataError(
-            f"{path} holds {len(images)} images but {len(labels)} labels; the file is damaged: "
-            f"delete it and run with --download"
+            f"{path} holds {len(images)} images but {len(labels)} labels, so it is not an SVHN file (the official "
+            f"files hold one label per image): {_OFFICIAL_HINT}"
         )
     return images, labels
+
+
+def _load_x_and_y(path: Path, stream) -> dict:
+    """The variables X and y of the .mat file open as ``stream``."""
+    import scipy.io
+
+    try:
+        if _is_hdf5(stream):
+            raise DataError(_hdf5_message(path))
+        names = _check_mat_v5(path, stream)  # scipy's reader can crash the interpreter on a corrupt file
+        stream.seek(0)
+        contents = scipy.io.loadmat(stream, variable_names=["X", "y"])
+    except NotImplementedError:  # scipy's answer to MATLAB v7.3 (HDF5) files
+        raise DataError(_hdf5_message(path)) from None
+    except DataError:
+        raise
+    except OSError as exc:
+        if exc.errno is not None:  # the system could not read it (an I/O error)
+            raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise _unparsable(path, exc) from exc
+    except Exception as exc:  # truncated or corrupt: loadmat raises many kinds of error
+        raise _unparsable(path, exc) from exc
+    missing = [key for key in ("X", "y") if key not in contents]
+    if missing:
+        if names is None:
+            stream.seek(0)
+            names = [entry[0] for entry in scipy.io.whosmat(stream)]
+        raise DataError(
+            f"{path} has no variable {' or '.join(missing)} (found: {', '.join(names) or 'none'}); "
+            f"SVHN cropped-digit files hold X (32, 32, 3, N) uint8 and y (N, 1) labels 1..10: {_OFFICIAL_HINT}"
+        )
+    return contents
+
+
+def _unparsable(path: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"{path} could not be read as a MATLAB .mat file ({type(exc).__name__}: {exc}); "
+        f"it is probably truncated or corrupt: {_REFETCH}"
+    )
 
 
 _MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 1, 5, 6, 14, 15, 16
 # element type codes of numeric data -> bytes per value (miINT8 .. miUINT64)
 _MI_ITEMSIZE = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8}
 _MX_NUMERIC = range(6, 16)  # mxDOUBLE_CLASS .. mxUINT64_CLASS
+_MX_CLASS_NAMES = {1: "cell array", 2: "struct", 3: "object", 4: "text (char array)", 5: "sparse matrix"}
 _HEAD_BYTES = 1024  # enough for the flags, dims, name and data tag of any sane variable
-_REFETCH = "delete it and run with --download to fetch it again"
+_REFETCH = "if it is a downloaded SVHN file, delete it and run with --download to fetch it again"
+_READ_VARIABLES = (b"X", b"y")
 
 
-def _check_mat_v5(path: Path) -> None:
+def _check_mat_v5(path: Path, f) -> list[str] | None:
     """Refuse a MATLAB v5 file that scipy.io.loadmat could crash on, before it reads it.
 
     scipy's v5 reader is not hardened against corrupt files: a data element whose type code
     is out of range makes it index past its type table and crash the interpreter (a
-    segmentation fault, which no ``except`` catches; see scipy gh-25349). SVHN files hold
-    only plain numeric arrays, so the header of every variable is checked here: numeric
-    class, not complex, and a data element of a numeric type whose size matches the
-    dimensions. Only the first bytes of each variable are read (and decompressed).
+    segmentation fault, which no ``except`` catches; see scipy gh-25349). So the header of
+    every variable (flags, dimensions, name) is checked here, and for X and y, the only
+    variables read (scipy skips the others unread), also their class and data element:
+    numeric, not complex, of a numeric type whose size matches the dimensions. Only the
+    first bytes of each variable are read (and decompressed).
+
+    Returns the names of the variables, or None for a file that is not v5 (v4 files have no
+    header, and scipy reads them in plain Python; v7.3 files it refuses itself).
     """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        header = f.read(128)
-        if len(header) < 128 or 0 in header[:4] or header[126:128] not in (b"IM", b"MI"):
-            return  # not v5 (v4 files have no header; scipy reads them in plain Python)
-        endian = "<" if header[126:128] == b"IM" else ">"
-        if struct.unpack(endian + "H", header[124:126])[0] != 0x0100:
-            return  # v7.3 (HDF5) or unknown: scipy refuses those itself
-        position = 128
-        while position + 8 <= size:
-            f.seek(position)
-            mdtype, nbytes = struct.unpack(endian + "II", f.read(8))
-            if mdtype == _MI_COMPRESSED:
-                try:
-                    head = zlib.decompressobj().decompress(f.read(min(nbytes, 64 * 1024)), _HEAD_BYTES)
-                except zlib.error as exc:
-                    raise DataError(f"{path} is corrupt (compressed variable at byte {position}: {exc}); {_REFETCH}") from None
-            elif mdtype == _MI_MATRIX:
-                head = struct.pack(endian + "II", mdtype, nbytes) + f.read(min(nbytes, _HEAD_BYTES))
-            else:
-                raise DataError(f"{path} is corrupt: unexpected element type {mdtype} at byte {position}; {_REFETCH}")
-            _check_matrix_head(path, head, endian, position)
-            position += 8 + nbytes
+    size = os.fstat(f.fileno()).st_size
+    f.seek(0)
+    header = f.read(128)
+    if len(header) < 128 or 0 in header[:4] or header[126:128] not in (b"IM", b"MI"):
+        return None
+    endian = "<" if header[126:128] == b"IM" else ">"
+    if struct.unpack(endian + "H", header[124:126])[0] != 0x0100:
+        return None
+    names = []
+    position = 128
+    while position + 8 <= size:
+        f.seek(position)
+        mdtype, nbytes = struct.unpack(endian + "II", f.read(8))
+        if mdtype == _MI_COMPRESSED:
+            try:
+                head = zlib.decompressobj().decompress(f.read(min(nbytes, 64 * 1024)), _HEAD_BYTES)
+            except zlib.error as exc:
+                raise DataError(f"{path} is corrupt (compressed variable at byte {position}: {exc}); {_REFETCH}") from None
+        elif mdtype == _MI_MATRIX:
+            head = struct.pack(endian + "II", mdtype, nbytes) + f.read(min(nbytes, _HEAD_BYTES))
+        else:
+            raise DataError(f"{path} is corrupt: unexpected element type {mdtype} at byte {position}; {_REFETCH}")
+        name = _check_matrix_head(path, head, endian, position)
+        if name is not None:
+            names.append(name)
+        position += 8 + nbytes
+    return names
 
 
-def _check_matrix_head(path: Path, head: bytes, endian: str, position: int) -> None:
+def _check_matrix_head(path: Path, head: bytes, endian: str, position: int) -> str | None:
+    """Check one variable's header (see _check_mat_v5); returns its name (None: an empty element)."""
     def fail(what: str):
-        return DataError(f"{path} is corrupt or not an SVHN file: the variable at byte {position} {what}; {_REFETCH}")
+        return DataError(f"{path} is corrupt: the variable at byte {position} {what}; {_REFETCH}")
 
     def element(offset: int):  # -> (type code, byte count, data offset, next offset)
         if offset + 8 > len(head):
@@ -190,13 +230,11 @@ def _check_matrix_head(path: Path, head: bytes, endian: str, position: int) -> N
     if mdtype != _MI_MATRIX:
         raise fail(f"has element type {mdtype}, not a matrix")
     if nbytes == 0:
-        return  # an empty variable
+        return None  # an empty variable
     mdtype, count, data, offset = element(offset)
     if mdtype != _MI_UINT32 or count != 8 or data + 8 > len(head):
         raise fail("has malformed array flags")
     flags = struct.unpack_from(endian + "I", head, data)[0]
-    if (flags & 0xFF) not in _MX_NUMERIC or flags & 0x800:
-        raise fail(f"is not a real numeric array (MATLAB class {flags & 0xFF})")
     mdtype, count, data, offset = element(offset)
     if mdtype not in (_MI_INT32, _MI_UINT32) or count % 4 or not 8 <= count <= 4 * 32 or data + count > len(head):
         raise fail("has malformed dimensions")
@@ -204,17 +242,25 @@ def _check_matrix_head(path: Path, head: bytes, endian: str, position: int) -> N
     if min(dims) < 0:
         raise fail(f"has negative dimensions {dims}")
     mdtype, count, data, offset = element(offset)
-    if mdtype not in (_MI_INT8, _MI_UTF8):
+    if mdtype not in (_MI_INT8, _MI_UTF8) or data + count > len(head):
         raise fail("has a malformed name")
+    name = head[data:data + count]
+    if name not in _READ_VARIABLES:
+        return name.decode("latin-1")  # not read: scipy skips it by its size
+    matlab_class = flags & 0xFF
+    if matlab_class not in _MX_NUMERIC or flags & 0x800:
+        kind = "complex numbers" if flags & 0x800 else _MX_CLASS_NAMES.get(matlab_class, f"MATLAB class {matlab_class}")
+        raise DataError(f"{path}: its variable {name.decode()} holds {kind}, not numbers; SVHN cropped-digit files hold "
+                        f"X (32, 32, 3, N) uint8 and y (N, 1) labels 1..10: {_OFFICIAL_HINT}")
     mdtype, count, data, offset = element(offset)
     if mdtype not in _MI_ITEMSIZE or count != int(np.prod(dims, dtype=object)) * _MI_ITEMSIZE[mdtype]:
         raise fail(f"has data of element type {mdtype} and {count} bytes, which does not fit its shape {dims}")
+    return name.decode()
 
 
-def _is_hdf5(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(_HDF5_OFFSET)
-        return f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+def _is_hdf5(stream) -> bool:
+    stream.seek(_HDF5_OFFSET)
+    return stream.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
 
 
 def _hdf5_message(path: Path) -> str:
@@ -271,24 +317,38 @@ def load_svhn(data_dir: str | os.PathLike, extra: bool = False) -> tuple[ImageSe
     training set. Returns ``(train, test)`` ImageSets; raises DataError naming the missing
     file (or folder) and how to get it.
     """
+    data_dir = check_svhn_folder(data_dir, ["train", "test"] + (["extra"] if extra else []))
+    train = load_svhn_split(data_dir, "train")
+    test = load_svhn_split(data_dir, "test")
+    if extra:
+        more = load_svhn_split(data_dir, "extra")
+        train = ImageSet(np.concatenate([train.images, more.images]), np.concatenate([train.labels, more.labels]),
+                         "svhn-train+extra")
+    return train, test
+
+
+def load_svhn_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
+    """One split ("train", "test" or "extra") of SVHN from ``data_dir``, e.g. for evaluation."""
+    data_dir = check_svhn_folder(data_dir, [split])
+    path = data_dir / SVHN_SPLIT_FILES[split]
+    images, labels = read_svhn_mat(path)
+    if len(images) == 0 and split != "extra":
+        raise DataError(f"{path} holds no images (X has shape (32, 32, 3, 0)); xpnet needs at least one: {_OFFICIAL_HINT}")
+    return ImageSet(images, labels, f"svhn-{split}")
+
+
+def check_svhn_folder(data_dir: str | os.PathLike, splits) -> Path:
+    """``data_dir`` as a Path, if it is a folder holding the files of ``splits``; else DataError."""
     data_dir = Path(data_dir).expanduser()
+    files = [SVHN_SPLIT_FILES[split] for split in splits]
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"{data_dir} is a file, not a folder; --data-dir names the folder that holds {' and '.join(files)}")
     if not data_dir.is_dir():
-        raise DataError(
-            f"SVHN folder {data_dir} does not exist; it should hold train_32x32.mat and test_32x32.mat: {_FIX_HINT}"
-        )
-    needed = ["train", "test"] + (["extra"] if extra else [])
-    missing = [SVHN_SPLIT_FILES[s] for s in needed if not (data_dir / SVHN_SPLIT_FILES[s]).is_file()]
+        raise DataError(f"SVHN folder {data_dir} does not exist; it should hold {' and '.join(files)}: {_FIX_HINT}")
+    missing = [name for name in files if not (data_dir / name).is_file()]
     if missing:
         raise DataError(f"SVHN file(s) {', '.join(missing)} not found in {data_dir}; {_FIX_HINT}")
-
-    train_x, train_y = read_svhn_mat(data_dir / SVHN_SPLIT_FILES["train"])
-    test_x, test_y = read_svhn_mat(data_dir / SVHN_SPLIT_FILES["test"])
-    name = "svhn-train"
-    if extra:
-        extra_x, extra_y = read_svhn_mat(data_dir / SVHN_SPLIT_FILES["extra"])
-        train_x, train_y = np.concatenate([train_x, extra_x]), np.concatenate([train_y, extra_y])
-        name = "svhn-train+extra"
-    return ImageSet(train_x, train_y, name), ImageSet(test_x, test_y, "svhn-test")
+    return data_dir
 
 
 # Re-exported so that ``from training.data import DataLoader`` works.
@@ -300,7 +360,9 @@ __all__ = [
     "NUM_CLASSES",
     "SVHN_SPLIT_FILES",
     "channel_stats",
+    "check_svhn_folder",
     "load_svhn",
+    "load_svhn_split",
     "read_svhn_mat",
     "write_svhn_mat",
 ]

@@ -62,10 +62,12 @@ class DataLoader:
         a pure function of (seed, epoch), so a resumed run sees exactly the same batches.
     device_resident: upload the whole uint8 set once and gather batches on the device
         with ``xp.take`` (default: True on cuda, where it avoids a host->device copy per
-        batch; False elsewhere, where batches are gathered on the host). The gather takes
-        a chunk of batches at a time (GATHER_CHUNK_BYTES), each batch a slice of it.
+        batch; False elsewhere, where batches are gathered on the host). Batches are
+        gathered and normalised a chunk at a time (GATHER_CHUNK_BYTES), each a slice of it.
+    dtype: the floating-point type of the batches, "float32" (default) or "float64"; the
+        model's, since layers refuse inputs of another dtype.
 
-    Iterating yields ``(x, y)``: x (B, C, H, W) float32 equal to ``(pixel/255 - mean)/std``,
+    Iterating yields ``(x, y)``: x (B, C, H, W) of ``dtype``, equal to ``(pixel/255 - mean)/std``,
     y (B,) int64, both on the device. Each pass uses the current epoch and then advances
     it by one; ``set_epoch(e)`` chooses the epoch of the next pass explicitly.
     """
@@ -82,6 +84,7 @@ class DataLoader:
         seed: int = 0,
         drop_last: bool = False,
         device_resident: bool | None = None,
+        dtype: str = "float32",
     ) -> None:
         from backends import get_backend
 
@@ -107,8 +110,9 @@ class DataLoader:
         mean, std = _check_stats(mean, std, self.images.shape[1])
         # (x/255 - mean)/std == x * scale - shift, two operations on the device instead of three.
         shape = (1, -1, 1, 1)
-        self._scale = self.backend.asarray((1.0 / (255.0 * std)).reshape(shape), dtype="float32")
-        self._shift = self.backend.asarray((mean / std).reshape(shape), dtype="float32")
+        self.dtype = self.backend.dtype(dtype)
+        self._scale = self.backend.asarray((1.0 / (255.0 * std)).reshape(shape), dtype=self.dtype)
+        self._shift = self.backend.asarray((mean / std).reshape(shape), dtype=self.dtype)
         self.mean, self.std = mean, std
 
         if self.device_resident:
@@ -158,7 +162,7 @@ class DataLoader:
         """Batches gathered on the device from the resident set, a chunk of batches per gather."""
         xp = self.backend.xp
         order_on_device = self.backend.asarray(order)  # one small upload per epoch
-        image_bytes = 4 * int(np.prod(self.images.shape[1:]))  # as float32
+        image_bytes = (xp.finfo(self.dtype).bits // 8) * int(np.prod(self.images.shape[1:]))  # as batches
         chunk = max(1, GATHER_CHUNK_BYTES // (image_bytes * self.batch_size)) * self.batch_size
         for chunk_start in range(0, n_used, chunk):
             chunk_stop = min(chunk_start + chunk, n_used)

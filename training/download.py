@@ -100,8 +100,8 @@ def _check_present(path: Path, remote: RemoteFile) -> None:
         return
     problem = f"its size is {size:,} bytes, expected {remote.size:,}" if size != remote.size else "its SHA-256 does not match"
     raise DownloadError(
-        f"{path} exists but is not the official file ({problem}); it is probably incomplete or corrupt: "
-        f"delete it and run again with --download"
+        f"{path} exists but is not the official file ({problem}); it may be your own data, so xpnet leaves it alone: "
+        f"move or rename it (or choose another --data-dir) and run again with --download"
     )
 
 

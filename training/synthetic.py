@@ -91,6 +91,27 @@ def make_synthetic(
     return train, test
 
 
+def make_synthetic_test(n_test: int = 5_000, seed: int = 0, n_train: int | None = None,
+                        cache_dir: str | os.PathLike | None = None) -> ImageSet:
+    """Only the test split of ``make_synthetic(n_train, n_test, seed)`` (it does not depend on n_train).
+
+    For evaluation, which needs no training images: the test split is read alone from the
+    cache of that call when it exists, else from (or, the first time, into) a cache of the
+    test split only.
+    """
+    if n_train:
+        path = cache_path(n_train, n_test, seed, cache_dir)
+        if path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as f:  # reads only the two test arrays
+                    test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
+                if len(test) == n_test:
+                    return test
+            except Exception:  # truncated, corrupt or foreign file: make the test split below
+                pass
+    return make_synthetic(0, n_test, seed, cache_dir)[1]
+
+
 def default_cache_dir() -> Path:
     """$XPNET_CACHE if set, else ~/.cache/xpnet."""
     return Path(os.environ.get("XPNET_CACHE") or Path.home() / ".cache" / "xpnet").expanduser()
