@@ -125,7 +125,8 @@ def test_signal_mid_epoch_keeps_the_checkpoint_and_resume_is_exact(tmp_path, sig
                 break
             time.sleep(0.02)
         assert [row["epoch"] for row in history] == [1], "epoch 1 did not end in time"
-        time.sleep(history[0]["seconds"] / 2)  # half an epoch into epoch 2
+        # early in epoch 2: on a loaded machine its length varies too much to aim for the middle
+        time.sleep(history[0]["seconds"] / 10)
         process.send_signal(signum)
         code, _, err = finish(process)
     finally:
