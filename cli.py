@@ -257,8 +257,9 @@ def train(args: argparse.Namespace, log) -> int:
 
     config.update(device=backend.name)
     train_loader = DataLoader(train_set.images, train_set.labels, config["batch_size"], backend, mean, std,
-                              shuffle=True, seed=config["seed"])
-    test_loader = DataLoader(test_set.images, test_set.labels, max(config["batch_size"], 500), backend, mean, std, shuffle=False)
+                              shuffle=True, seed=config["seed"], dtype=config["dtype"])
+    test_loader = DataLoader(test_set.images, test_set.labels, max(config["batch_size"], 500), backend, mean, std,
+                             shuffle=False, dtype=config["dtype"])
     if not args.quiet:
         log(model.summary(config["batch_size"]))
     what = f"resuming at epoch {start_epoch + 1}" if checkpoint else "training"
@@ -309,7 +310,8 @@ def evaluate(args: argparse.Namespace, log) -> int:
     checkpoint, model, backend, mean, std = restored_model(args.evaluate, args.device, log)
     config = settings(args, checkpoint.config)
     _, test_set = load_data(config, args.download, log)
-    loader = DataLoader(test_set.images, test_set.labels, 500, backend, mean, std, shuffle=False)
+    loader = DataLoader(test_set.images, test_set.labels, 500, backend, mean, std, shuffle=False,
+                        dtype=checkpoint.config.get("dtype", "float32"))  # the model's, as restored_model builds it
     result = Trainer(model, None, backend, progress=False).evaluate(loader)
     log(f"{args.evaluate} ({checkpoint.model_name}, epoch {checkpoint.epoch}) on {test_set.name}: "
         f"loss {result.loss:.4f}, accuracy {100 * result.accuracy:.2f}% of {len(result.labels):,} images")

@@ -58,8 +58,9 @@ class DataLoader:
     device_resident: upload the whole uint8 set once and gather batches on the device
         with ``xp.take`` (default: True on cuda, where it avoids a host->device copy per
         batch; False elsewhere, where batches are gathered on the host).
+    dtype: "float32" (default) or "float64", the dtype of the batches: the model's.
 
-    Iterating yields ``(x, y)``: x (B, C, H, W) float32 equal to ``(pixel/255 - mean)/std``,
+    Iterating yields ``(x, y)``: x (B, C, H, W) of ``dtype`` equal to ``(pixel/255 - mean)/std``,
     y (B,) int64, both on the device. Each pass uses the current epoch and then advances
     it by one; ``set_epoch(e)`` chooses the epoch of the next pass explicitly.
     """
@@ -76,6 +77,7 @@ class DataLoader:
         seed: int = 0,
         drop_last: bool = False,
         device_resident: bool | None = None,
+        dtype: str = "float32",
     ) -> None:
         from backends import get_backend
 
@@ -101,8 +103,9 @@ class DataLoader:
         mean, std = _check_stats(mean, std, self.images.shape[1])
         # (x/255 - mean)/std == x * scale - shift, two operations on the device instead of three.
         shape = (1, -1, 1, 1)
-        self._scale = self.backend.asarray((1.0 / (255.0 * std)).reshape(shape), dtype="float32")
-        self._shift = self.backend.asarray((mean / std).reshape(shape), dtype="float32")
+        self.dtype = self.backend.dtype(dtype)
+        self._scale = self.backend.asarray((1.0 / (255.0 * std)).reshape(shape), dtype=self.dtype)
+        self._shift = self.backend.asarray((mean / std).reshape(shape), dtype=self.dtype)
         self.mean, self.std = mean, std
 
         if self.device_resident:
@@ -153,7 +156,7 @@ class DataLoader:
 
     def _normalise(self, x_uint8):
         xp = self.backend.xp
-        return xp.astype(x_uint8, xp.float32) * self._scale - self._shift
+        return xp.astype(x_uint8, self.dtype) * self._scale - self._shift
 
     def __repr__(self) -> str:
         return (
