@@ -175,8 +175,8 @@ def choose_backend(device: str, log):
     return backend
 
 
-def load_data(config: dict, download: bool, log):
-    """(train, test) ImageSets of the configured dataset."""
+def load_data(config: dict, download: bool, log, progress: bool = True):
+    """(train, test) ImageSets of the configured dataset (``progress``: the download's progress bar)."""
     if config["dataset"] == "synthetic":
         from training.synthetic import make_synthetic
 
@@ -190,7 +190,7 @@ def load_data(config: dict, download: bool, log):
         from training.download import download_svhn
 
         splits = ("train", "test", "extra") if config["extra"] else ("train", "test")
-        download_svhn(config["data_dir"], splits=splits)
+        download_svhn(config["data_dir"], splits=splits, progress=progress)
     train, test = load_svhn(config["data_dir"], extra=bool(config["extra"]))
     log(f"SVHN from {config['data_dir']}: {len(train):,} train / {len(test):,} test images")
     return train, test
@@ -217,7 +217,7 @@ def train(args: argparse.Namespace, log) -> int:
         raise XpnetError(f"--momentum applies only to --optimizer sgd; this run uses {config['optimizer']}, whose "
                          "moment estimates have their own fixed betas: leave out --momentum or add --optimizer sgd")
     backend = choose_backend(args.device, log)
-    train_set, test_set = load_data(config, args.download, log)
+    train_set, test_set = load_data(config, args.download, log, progress=not args.quiet)
     if checkpoint is not None and "mean" in checkpoint.config:
         mean, std = np.array(checkpoint.config["mean"]), np.array(checkpoint.config["std"])
     else:
@@ -309,7 +309,7 @@ def evaluate(args: argparse.Namespace, log) -> int:
 
     checkpoint, model, backend, mean, std = restored_model(args.evaluate, args.device, log)
     config = settings(args, checkpoint.config)
-    _, test_set = load_data(config, args.download, log)
+    _, test_set = load_data(config, args.download, log, progress=not args.quiet)
     loader = DataLoader(test_set.images, test_set.labels, 500, backend, mean, std, shuffle=False,
                         dtype=checkpoint.config.get("dtype", "float32"))  # the model's, as restored_model builds it
     result = Trainer(model, None, backend, progress=False).evaluate(loader)
