@@ -200,3 +200,21 @@ def test_cross_entropy_call_and_unchecked_labels_give_the_forward_value(backend)
         value = loss(backend.asarray(logits, dtype="float64"), backend.asarray(labels))
         assert float(backend.to_numpy(value)) == pytest.approx(expected, rel=1e-12)
     assert repr(CrossEntropyLoss()) == "CrossEntropyLoss()"
+
+
+# -- metrics' edge cases (found by mutation testing) --------------------------------------------------
+def test_metrics_edge_cases():
+    from training.metrics import accuracy, confusion_matrix, per_class_accuracy
+
+    assert accuracy([], []) == 0.0  # an empty set: 0, not NaN and not 1
+    assert accuracy(np.array([[1], [2]]), [1, 3]) == 0.5  # column vectors are flattened
+    assert confusion_matrix(np.array([[2], [2]]), np.array([[1], [2]]))[[1, 2], 2].tolist() == [1, 1]
+    counts = confusion_matrix([9, 0, 3], [9, 1, 3])  # ten classes unless told otherwise
+    assert counts.shape == (10, 10) and counts[9, 9] == counts[3, 3] == counts[1, 0] == 1 and counts.sum() == 3
+    with pytest.raises(ValueError, match=r"^predictions must be in \[0, 9\], found 0..10$"):
+        confusion_matrix([0, 10], [0, 1])
+    with pytest.raises(ValueError, match=r"^labels must be in \[0, 9\], found -1..1$"):
+        confusion_matrix([0, 1], [-1, 1])
+    with np.errstate(all="raise"):  # a class without examples is NaN, without a floating-point warning
+        per_class = per_class_accuracy(counts)
+    assert np.isnan(per_class[0]) and per_class[[1, 3, 9]].tolist() == [0.0, 1.0, 1.0]
