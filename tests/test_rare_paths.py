@@ -218,3 +218,38 @@ def test_metrics_edge_cases():
     with np.errstate(all="raise"):  # a class without examples is NaN, without a floating-point warning
         per_class = per_class_accuracy(counts)
     assert np.isnan(per_class[0]) and per_class[[1, 3, 9]].tolist() == [0.0, 1.0, 1.0]
+
+
+# -- --predict on a very confident model -------------------------------------------------------------
+def test_predict_is_stable_for_very_large_logits(folder, tmp_path, capsys):
+    """Logits in the thousands (a last layer scaled by 3000) overflow a naive softmax, and two
+    images whose largest logits differ by hundreds underflow one shifted by a common value."""
+    from PIL import Image
+
+    _, arrays = folder
+    cpu = get_backend("cpu")
+    model = build_model("mlp", seed=5)
+    model.layers[3].weight.data = model.layers[3].weight.data * 3000
+    model.layers[3].bias.data = model.layers[3].bias.data * 3000
+    mean, std = ref.channel_stats(arrays["train"][0])
+    path = save_checkpoint(tmp_path / "sharp.npz", model, epoch=1, backend=cpu,
+                           config={"model": "mlp", "mean": mean.tolist(), "std": std.tolist()})
+    images = arrays["test"][0][:4]
+    files = []
+    for index, image in enumerate(images):
+        files.append(tmp_path / f"{index}.png")
+        Image.fromarray(image.transpose(1, 2, 0)).save(files[-1])
+    logits = ref.forward("mlp", load_checkpoint(path).params, ref.normalise(images, mean, std))
+    assert np.abs(logits).max() > 500 and np.ptp(logits.max(axis=1)) > 150  # what makes this test able to fail
+    probabilities = ref.softmax(logits)
+    code = cli.main(["--predict", *map(str, files), "--checkpoint", str(path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.startswith(str(tmp_path))]
+    for line, expected in zip(lines, probabilities, strict=True):
+        shown = re.findall(r"(\d) \(([\d.]+)%\)", line)
+        top = np.argsort(-expected, kind="stable")[:3]
+        assert len(shown) == 3 and int(shown[0][0]) == top[0], line
+        for (digit, share), want in zip(shown, top, strict=True):  # the same class, or one as (im)probable
+            assert int(digit) == want or abs(expected[int(digit)] - expected[want]) < 1e-6, line
+            assert float(share) == pytest.approx(100 * expected[int(digit)], abs=0.05 + 1e-4), line
