@@ -253,3 +253,24 @@ def test_predict_is_stable_for_very_large_logits(folder, tmp_path, capsys):
         for (digit, share), want in zip(shown, top, strict=True):  # the same class, or one as (im)probable
             assert int(digit) == want or abs(expected[int(digit)] - expected[want]) < 1e-6, line
             assert float(share) == pytest.approx(100 * expected[int(digit)], abs=0.05 + 1e-4), line
+
+
+# -- a tie for the best epoch -------------------------------------------------------------------------
+def test_a_tied_best_accuracy_keeps_the_first_epoch_in_best_npz_and_best_epoch(folder, tmp_path):
+    """With a learning rate too small to change a float32 weight, every epoch has the same test
+    accuracy: the best epoch is the first one, in metrics.json and in best.npz alike."""
+    from training.data import DataLoader
+    from training.optim import SGD
+    from training.trainer import Trainer
+
+    _, arrays = folder
+    cpu = get_backend("cpu")
+    mean, std = ref.channel_stats(arrays["train"][0])
+    train = DataLoader(*arrays["train"], 32, cpu, mean, std, seed=0)
+    test = DataLoader(*arrays["test"], 100, cpu, mean, std, shuffle=False)
+    model = build_model("mlp", seed=0)
+    trainer = Trainer(model, SGD(model.parameters(), lr=1e-30), cpu, out_dir=tmp_path, progress=False, log=lambda m: None)
+    history = trainer.fit(train, test, epochs=3)
+    assert len({row["test_acc"] for row in history}) == 1  # a tie
+    assert json.loads((tmp_path / "metrics.json").read_text())["best_epoch"] == 1
+    assert load_checkpoint(tmp_path / "best.npz").epoch == 1
