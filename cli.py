@@ -407,7 +407,7 @@ def svhn_folder(config: dict, args: argparse.Namespace, checkpoint, splits) -> P
     if args.download:
         from training.download import download_svhn
 
-        download_svhn(data_dir, splits=splits)
+        download_svhn(data_dir, splits=splits, progress=not args.quiet)
     elif checkpoint is not None and checkpoint.config.get("dataset") == "svhn" and args.data_dir is None and not data_dir.is_dir():
         relative = "" if data_dir.is_absolute() else (
             f"; it is relative to the folder that run started in, and from here it would be {data_dir.absolute()}")

@@ -236,7 +236,9 @@ def test_host_and_device_gathers_give_the_same_batches(backend):
     a, _, _ = make_loader(backend, n=11, batch_size=3, device_resident=False)
     b, _, _ = make_loader(backend, n=11, batch_size=3, device_resident=True)
     be = a.backend
-    for (xa, ya), (xb, yb) in zip(a, b):
+    batches_a, batches_b = list(a), list(b)
+    assert len(batches_a) == len(batches_b) == 4
+    for (xa, ya), (xb, yb) in zip(batches_a, batches_b, strict=True):
         np.testing.assert_array_equal(be.to_numpy(xa), be.to_numpy(xb))
         np.testing.assert_array_equal(be.to_numpy(ya), be.to_numpy(yb))
 
@@ -281,8 +283,12 @@ def test_each_pass_advances_the_epoch():
 
 def test_without_shuffle_the_order_is_the_stored_one():
     loader, images, labels = make_loader("cpu", n=10, batch_size=4, shuffle=False)
-    np.testing.assert_array_equal(np.concatenate([y for _, y in loader]), labels)
-    np.testing.assert_array_equal(np.concatenate([y for _, y in loader]), labels)
+    expected = (images / 255.0 - MEAN[:, None, None]) / STD[:, None, None]
+    for _ in range(2):  # and again in the next pass
+        batches = list(loader)
+        assert [len(y) for _, y in batches] == [4, 4, 2]
+        np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), labels)
+        np.testing.assert_allclose(np.concatenate([x for x, _ in batches]), expected, atol=2e-5)
 
 
 def test_device_resident_defaults_to_cuda_only():
