@@ -88,9 +88,11 @@ class CrossEntropyLoss(Layer):
     def _check_arguments(self, logits, labels) -> None:
         """Refuse logits and labels that cannot be a batch, saying what was expected."""
         backend = backend_of(logits)
-        if backend is None or getattr(logits, "ndim", None) != 2:
-            shape = tuple(getattr(logits, "shape", ()))
-            raise ValueError(f"CrossEntropyLoss expects logits (N, C) of a backend's array type, got {shape}")
+        if backend is None:
+            raise TypeError(f"CrossEntropyLoss expects logits as an array of a backend (NumPy, CuPy or "
+                            f"array-api-strict), got {type(logits).__name__}")
+        if logits.ndim != 2:
+            raise ValueError(f"CrossEntropyLoss expects logits (N, C), got {tuple(logits.shape)}")
         xp = backend.xp
         if logits.dtype not in (xp.float32, xp.float64):
             raise TypeError(f"CrossEntropyLoss expects float logits, got {logits.dtype}")
