@@ -3,6 +3,7 @@
     python cli.py                                   # LNet on the built-in synthetic digits
     python cli.py --device cuda --model lnet        # the same on an NVIDIA GPU
     python cli.py --dataset svhn --download         # real SVHN (needs the network once)
+    python cli.py --model cnn --augment --schedule onecycle --lr 3e-3 --epochs 30   # the best recipe
     python cli.py --resume runs/lnet-.../checkpoint.npz --epochs 20
     python cli.py --evaluate runs/lnet-.../best.npz
     python cli.py --predict house.png --checkpoint runs/lnet-.../best.npz
@@ -39,10 +40,15 @@ DEFAULTS = {
     "dtype": "float32",
     "train_size": 20_000,
     "test_size": 5_000,
+    "schedule": "constant",
+    "augment": False,
+    "dropout": None,  # the model's own (0.3 for the cnn); only models with Dropout layers take one
 }
 LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}
 RESUMED_SETTINGS = ("model", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "dataset",
-                    "data_dir", "seed", "dtype", "train_size", "test_size", "extra")
+                    "data_dir", "seed", "dtype", "train_size", "test_size", "extra", "schedule", "augment", "dropout")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")  # training/schedules.py (imported there lazily)
+MAX_SHIFT = 3  # --augment: random shifts of up to this many pixels
 
 
 def number_argument(kind: type, minimum: float, inclusive: bool, description: str):
@@ -66,14 +72,25 @@ positive_float = number_argument(float, 0.0, False, "a positive number")
 non_negative_float = number_argument(float, 0.0, True, "zero or positive")
 
 
+def probability(text: str) -> float:
+    """--dropout: a number in [0, 1), else a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python cli.py",
-        description="Train, evaluate and use xpnet's MLP and LNet on SVHN-style digit images.",
+        description="Train, evaluate and use xpnet's MLP, LNet and CNN on SVHN-style digit images.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     what = parser.add_argument_group("what to run")
-    what.add_argument("--model", choices=["lnet", "mlp"], default=None, help=f"network (default {DEFAULTS['model']})")
+    what.add_argument("--model", choices=["lnet", "mlp", "cnn"], default=None, help=f"network (default {DEFAULTS['model']})")
     what.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto = cuda when it works, else cpu")
     what.add_argument("--dtype", choices=["float32", "float64"], default=None, help="float32 (default) or float64")
     what.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint.npz up to --epochs in total")
@@ -89,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--epochs", type=positive_int, default=None, help=f"total epochs, also when resuming (default {DEFAULTS['epochs']})")
     optim.add_argument("--batch-size", type=positive_int, default=None, help=f"default {DEFAULTS['batch_size']}")
     optim.add_argument("--seed", type=non_negative_int, default=None, help="seed of the weights, the shuffling and the synthetic data (default 0)")
+    optim.add_argument("--schedule", choices=SCHEDULES, default=None,
+                       help="learning rate per batch: constant (default), step (x0.1 at 50%% and 75%% of the steps), "
+                            "cosine (to 0), onecycle (torch's OneCycleLR with max_lr = --lr)")
+    optim.add_argument("--dropout", type=probability, default=None, help="dropout probability of the cnn (default 0.3)")
+    optim.add_argument("--augment", action="store_true", default=None,
+                       help=f"shift each training image by up to {MAX_SHIFT} pixels each way, at random (edges repeated)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=["synthetic", "svhn"], default=None, help="default synthetic (built in, no download)")
@@ -114,6 +137,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--predict needs --checkpoint CKPT (a best.npz or checkpoint.npz of a training run)")
     if args.checkpoint and not args.predict:
         parser.error("--checkpoint goes with --predict; to evaluate a checkpoint use --evaluate CKPT")
+    training_only = [flag for flag, value in (("--augment", args.augment), ("--schedule", args.schedule),
+                                              ("--dropout", args.dropout)) if value is not None]
+    if training_only and (args.evaluate or args.predict):
+        parser.error(f"{training_only[0]} applies to training; leave it out with --{'evaluate' if args.evaluate else 'predict'}")
     return args
 
 
@@ -155,7 +182,7 @@ def check_saved_setting(action: argparse.Action, value) -> None:
                 action.type(str(value))
             except argparse.ArgumentTypeError as exc:
                 problem = str(exc)
-    elif name == "extra" and not isinstance(value, bool):
+    elif name in ("extra", "augment") and not isinstance(value, bool):
         problem = "expected true or false"
     elif name == "data_dir" and not isinstance(value, str):
         problem = "expected a folder name"
@@ -205,8 +232,45 @@ def make_optimizer(name: str, parameters, config: dict):
     return optimizer_class(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
 
 
+def model_options(config: dict) -> dict:
+    """Constructor options of the configured model: ``dropout`` for models with Dropout layers."""
+    import inspect
+
+    from models import MODELS
+
+    if config.get("dropout") is None:
+        return {}
+    if "dropout" not in inspect.signature(MODELS[config["model"]]).parameters:
+        raise XpnetError(f"--dropout applies to models with dropout layers (cnn); {config['model']} has none: "
+                         "leave out --dropout or use --model cnn")
+    return {"dropout": config["dropout"]}
+
+
+def planned_schedule(config: dict, steps_per_epoch: int, checkpoint, log):
+    """The learning-rate schedule of the run, over all its steps (None for a constant rate).
+
+    A resumed run keeps the plan it was started with (its total steps), so the schedule
+    continues exactly; only the rate (--lr, the peak) may be changed by a flag.
+    """
+    from training.schedules import make_schedule
+
+    if config["schedule"] == "constant":
+        return None
+    total = config["epochs"] * steps_per_epoch
+    saved = checkpoint.schedule if checkpoint is not None else None
+    if saved and saved.get("name") == config["schedule"] and isinstance(saved.get("total_steps"), int) \
+            and saved["total_steps"] >= 1:
+        planned = saved["total_steps"]
+        if planned != total:
+            log(f"note: the {config['schedule']} schedule was planned over {planned:,} steps "
+                f"({planned / steps_per_epoch:g} epochs); it keeps that plan (and its last rate after it ends)")
+        total = planned
+    return make_schedule(config["schedule"], config["lr"], total)
+
+
 def train(args: argparse.Namespace, log) -> int:
     from models import build_model
+    from training.augment import RandomShift
     from training.checkpoint import load_checkpoint
     from training.data import DataLoader, channel_stats
     from training.trainer import Trainer
@@ -224,7 +288,9 @@ def train(args: argparse.Namespace, log) -> int:
         mean, std = channel_stats(train_set.images)
     config.update(mean=mean.tolist(), std=std.tolist())
 
-    model = build_model(config["model"], seed=config["seed"]).to(backend, config["dtype"])
+    model = build_model(config["model"], seed=config["seed"], **model_options(config)).to(backend, config["dtype"])
+    if hasattr(model, "dropout"):
+        config["dropout"] = model.dropout
     optimizer = make_optimizer(config["optimizer"], model.parameters(), config)
     start_epoch, history = 0, []
     if checkpoint is not None:
@@ -256,8 +322,10 @@ def train(args: argparse.Namespace, log) -> int:
         raise XpnetError(f"the output folder {out} is not writable: {exc.strerror or exc}; choose another with --out") from exc
 
     config.update(device=backend.name)
+    augment = RandomShift(MAX_SHIFT, seed=config["seed"]) if config["augment"] else None
     train_loader = DataLoader(train_set.images, train_set.labels, config["batch_size"], backend, mean, std,
-                              shuffle=True, seed=config["seed"])
+                              shuffle=True, seed=config["seed"], augment=augment)
+    schedule = planned_schedule(config, len(train_loader), checkpoint, log)
     test_loader = DataLoader(test_set.images, test_set.labels, max(config["batch_size"], 500), backend, mean, std, shuffle=False)
     if not args.quiet:
         log(model.summary(config["batch_size"]))
@@ -266,8 +334,10 @@ def train(args: argparse.Namespace, log) -> int:
         f"{config['epochs']} epochs; writing to {out}")
 
     trainer = Trainer(model, optimizer, backend, out_dir=out, config=config, progress=not args.quiet,
-                      log=log if not args.quiet else (lambda message: None))
+                      log=log if not args.quiet else (lambda message: None), schedule=schedule)
     trainer.history = history
+    if checkpoint is not None:  # the schedule's position; checkpoints from before steps were saved: whole epochs
+        trainer.step = int(checkpoint.meta.get("step", start_epoch * len(train_loader)))
     # A diverging loss gets one clear error instead of NumPy's overflow warnings, also from
     # the cpu backend's worker threads (np.errstate only covers the calling thread).
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"), warnings.catch_warnings():
@@ -283,7 +353,7 @@ def train(args: argparse.Namespace, log) -> int:
     best = max(trainer.history, key=lambda row: row["test_acc"])
     final = trainer.history[-1]
     print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
-        f"files in {out}: checkpoint.npz best.npz metrics.json curves.png confusion.png")
+        f"files in {out}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png")
     return 0
 
 

@@ -79,8 +79,8 @@ def keep_mask(xp, base, key, mix1, mix2, s30, s27, s31, threshold, scale):
 
 
 def below(xp, base, key, mix1, mix2, s30, s27, s31, high):
-    """Integers uniform in [0, high) (uint64; the modulo bias is below high/2^64)."""
-    return splitmix_bits(xp, base, key, mix1, mix2, s30, s27, s31) % high
+    """Integers uniform in [0, high), as int64 (the modulo bias is below high/2^64)."""
+    return xp.astype(splitmix_bits(xp, base, key, mix1, mix2, s30, s27, s31) % high, xp.int64)
 
 
 def unit_interval(xp, base, key, mix1, mix2, s30, s27, s31, shift, ulp):
@@ -142,7 +142,7 @@ class DeviceRandom:
         """int64 integers uniform in [0, high), ``shape``."""
         xp = self.backend.xp
         values = self.backend.fuse(below)(*self._arguments(key, _size(shape)), self.backend.constant(high, xp.uint64))
-        return xp.reshape(xp.astype(values, xp.int64), shape)
+        return xp.reshape(values, shape)
 
     def uniform(self, key: int, shape: tuple[int, ...], dtype):
         """Floats uniform in [0, 1), ``shape``, of ``dtype``."""

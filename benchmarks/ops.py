@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-MODELS = ("lnet", "mlp")
+MODELS = ("lnet", "mlp", "cnn")
 MODES = ("train", "train-adam", "infer", "trainer")
 # Launch budgets per step at batch 250 (issue 9), and torch eager's kernel counts (CUPTI,
 # H200) for comparison. The trainer's budget is the bare Adam step's plus 10 %.

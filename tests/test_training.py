@@ -70,7 +70,8 @@ def test_trainer_history_rows_and_output_files(tmp_path, rng):
     for row in history:
         assert set(row) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds"}
         assert row["examples_per_sec"] > 0 and 0 <= row["test_acc"] <= 1
-    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png",
+                                                   "mistakes.png", "filters.png"}
     assert any(message.startswith("epoch 2/2") for message in messages)
     assert load_checkpoint(tmp_path / "checkpoint.npz").epoch == 2
 
