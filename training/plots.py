@@ -67,6 +67,14 @@ def mosaic(tiles: np.ndarray, columns: int, gap: int = 1, background: float = 1.
     return grid
 
 
+def most_confident_mistakes(labels, predictions, confidence, count: int = 25) -> np.ndarray:
+    """Indices of the (at most) ``count`` wrong predictions with the highest confidence, highest first
+    (ties: the earlier example first)."""
+    labels, predictions, confidence = (np.asarray(a).reshape(-1) for a in (labels, predictions, confidence))
+    wrong = np.flatnonzero(predictions != labels)
+    return wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+
+
 def plot_mistakes(images: np.ndarray, labels, predictions, confidence, path, count: int = 25,
                   class_names=None) -> Path:
     """The ``count`` test images the model got wrong with the highest confidence, in a grid.
@@ -76,8 +84,7 @@ def plot_mistakes(images: np.ndarray, labels, predictions, confidence, path, cou
     Each tile is labelled "true → predicted (probability)". With no mistakes, the figure says so.
     """
     labels, predictions, confidence = (np.asarray(a).reshape(-1) for a in (labels, predictions, confidence))
-    wrong = np.flatnonzero(predictions != labels)
-    chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    chosen = most_confident_mistakes(labels, predictions, confidence, count)
     names = (lambda c: str(c)) if class_names is None else (lambda c: str(class_names[c]))
     columns, gap = 5, 14  # the gap above each tile holds its label
     figure = Figure(figsize=(7.5, 1.6 * max(1, -(-len(chosen) // columns)) + 0.6))
