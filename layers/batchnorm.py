@@ -1,9 +1,17 @@
 """BatchNorm2D and BatchNorm1D: normalise each channel by the batch's statistics (PyTorch semantics).
 
 The math is ``batchnorm_reference`` and ``batchnorm_backward_reference`` below, written
-plainly. The layer computes the same with a handful of operations per pass: each chain of
-element-wise work, and each per-channel sum with the arithmetic around it, is a function
-that ``Backend.fuse`` makes one kernel on a GPU (docs/math.md, "BatchNorm").
+plainly. The layer computes the same in one of two ways, chosen by what the backend prefers
+(docs/math.md, "BatchNorm"):
+
+* on a GPU (and wherever the backend does not tile), a handful of operations per pass:
+  each chain of element-wise work, and each per-channel sum with the arithmetic around it,
+  is a function that ``Backend.fuse`` makes one kernel;
+* on the CPU, cache-sized tiles of the batch over the cores: each pass reads the
+  activations from memory once, and a tile's second look (its centred values) comes from
+  the cache. The statistics of the tiles are merged exactly (Chan et al.'s formula).
+
+Tests hold both to the references.
 """
 from __future__ import annotations
 
@@ -83,6 +91,19 @@ def input_gradient(xp, dy, x, mean, inverse_std, gamma, dbeta, dgamma, inverse_c
     return (gamma * inverse_std) * (dy - (dbeta + x_hat * dgamma) * inverse_count)
 
 
+def merge_statistics(counts, means, squares):
+    """The mean and Σ(x - mean)² of a union of parts from each part's (count, mean, Σ(x - mean_part)²).
+
+    Chan, Golub and LeVeque's pairwise formula, for all parts at once: with M = Σ n_t,
+    mean = Σ n_t·m_t / M and Σ(x - mean)² = Σ_t [S_t + n_t·(m_t - mean)²]. Exact in exact
+    arithmetic, and free of the cancellation of Σx² - M·mean².
+    """
+    total = sum(counts)
+    mean = sum(n * m for n, m in zip(counts, means)) / total
+    square = sum(s + n * ((m - mean) * (m - mean)) for n, m, s in zip(counts, means, squares))
+    return mean, square
+
+
 def _channel_shape(ndim: int, channels: int) -> tuple[int, ...]:
     """(1, C, 1, ...): per-channel values shaped to broadcast over an input of ``ndim`` axes."""
     return (1, channels) + (1,) * (ndim - 2)
@@ -137,14 +158,101 @@ class _BatchNorm(Layer):
         if count < 2:
             raise ValueError(f"{self!r} needs more than one value per channel in training, got input {tuple(x.shape)}; "
                              "use a batch of 2 or more, or eval()")
-        mean = fuse(scaled_sum, axes=axes)(x, 1.0 / count)
+        tile = self._tile(x)
+        if tile is None:
+            mean = fuse(scaled_sum, axes=axes)(x, 1.0 / count)
+            var = fuse(centered_square_sum, axes=axes)(x, xp.reshape(mean, shape), 1.0 / count)
+        else:
+            mean, var = self._statistics_in_tiles(x, tile)
         mean_b = xp.reshape(mean, shape)
-        var = fuse(centered_square_sum, axes=axes)(x, mean_b, 1.0 / count)
         inverse_std = fuse(update_running_stats)(self.running_mean, self.running_var, mean, var, self.momentum,
                                                  count / (count - 1), self.eps)
         inverse_std_b = xp.reshape(inverse_std, shape)
         self._cache = (x, mean_b, inverse_std_b, count)
-        return fuse(normalise)(x, mean_b, inverse_std_b, gamma, beta)
+        if tile is None:
+            return fuse(normalise)(x, mean_b, inverse_std_b, gamma, beta)
+        scale = inverse_std_b * gamma
+        return self._affine_in_tiles(tile, x, scale, beta - mean_b * scale)
+
+    # -- the CPU's form: tiles of the batch over the cores --------------------------------------
+    def _tile(self, x) -> int | None:
+        """Examples per tile on a backend that tiles (the CPU), else None: a tile, its centred copy and
+        a product of the two fit in the backend's cache budget."""
+        return self.backend.batch_tile(3 * (x.size // x.shape[0]) * (self.xp.finfo(x.dtype).bits // 8))
+
+    def _tiles(self, part: slice, tile: int):
+        for start in range(part.start, part.stop, tile):
+            yield slice(start, min(start + tile, part.stop))
+
+    def _statistics_in_tiles(self, x, tile: int):
+        """(mean, biased var), each (C,): every tile's own mean and Σ(x - mean_tile)², merged."""
+        xp, c = self.xp, self.num_features
+        axes, shape = self._axes(x.ndim), _channel_shape(x.ndim, c)
+
+        def part_statistics(part):
+            found = []
+            for piece in self._tiles(part, tile):
+                block = x[piece, ...]
+                n = block.size // c
+                mean = xp.sum(block, axis=axes) / n
+                centered = block - xp.reshape(mean, shape)
+                centered *= centered
+                found.append((n, mean, xp.sum(centered, axis=axes)))
+            return found
+
+        parts = [entry for found in self.backend.map_slices(part_statistics, x.shape[0]) for entry in found]
+        mean, square = merge_statistics(*zip(*parts))
+        return mean, square / (x.size // c)
+
+    def _affine_in_tiles(self, tile: int, x, scale, shift):
+        """y = x·scale + shift (per channel), tile by tile into a new array."""
+        y = self.xp.empty(x.shape, dtype=x.dtype)
+
+        def part_affine(part):
+            for piece in self._tiles(part, tile):
+                out = y[piece, ...]
+                out[...] = x[piece, ...] * scale
+                out += shift
+
+        self.backend.map_slices(part_affine, x.shape[0])
+        return y
+
+    def _backward_in_tiles(self, tile: int, dy, x, mean, inverse_std, count, input_grad: bool):
+        """Σ dy and Σ dy·(x - mean) per channel, tile by tile; then, if asked, dx tile by tile."""
+        xp, c = self.xp, self.num_features
+        axes, shape = self._axes(x.ndim), _channel_shape(x.ndim, c)
+
+        def part_sums(part):
+            sum_dy = sum_dy_centered = None
+            for piece in self._tiles(part, tile):
+                block = dy[piece, ...]
+                centered = x[piece, ...] - mean
+                centered *= block
+                a, b = xp.sum(block, axis=axes), xp.sum(centered, axis=axes)
+                sum_dy, sum_dy_centered = (a, b) if sum_dy is None else (sum_dy + a, sum_dy_centered + b)
+            return sum_dy, sum_dy_centered
+
+        parts = self.backend.map_slices(part_sums, x.shape[0])
+        dbeta, dgamma = sum(p[0] for p in parts), sum(p[1] for p in parts) * xp.reshape(inverse_std, (-1,))
+        self.bias.grad, self.weight.grad = dbeta, dgamma
+        if not input_grad:
+            return None
+        # dx = a·dy + k·(x - mean) + b, with a = γ/σ, k = -a·dγ/(σM), b = -a·dβ/M
+        a = xp.reshape(self.weight.data, shape) * inverse_std
+        k = -a * inverse_std * xp.reshape(dgamma, shape) / count
+        b = -a * xp.reshape(dbeta, shape) / count
+        dx = xp.empty(x.shape, dtype=dy.dtype)
+
+        def part_dx(part):
+            for piece in self._tiles(part, tile):
+                out, centered = dx[piece, ...], x[piece, ...] - mean
+                out[...] = dy[piece, ...] * a
+                centered *= k
+                out += centered
+                out += b
+
+        self.backend.map_slices(part_dx, x.shape[0])
+        return dx
 
     def backward(self, dy):
         return self._backward(dy, input_grad=True)
@@ -155,6 +263,9 @@ class _BatchNorm(Layer):
     def _backward(self, dy, input_grad: bool):
         x, mean, inverse_std, count = self._saved()
         xp, backend = self.xp, self.backend
+        tile = self._tile(x)
+        if tile is not None:
+            return self._backward_in_tiles(tile, dy, x, mean, inverse_std, count, input_grad)
         axes = self._axes(x.ndim)
         shape = _channel_shape(x.ndim, self.num_features)
         dbeta = backend.sum(dy, axis=axes, out=self.bias.grad_buffer())
