@@ -87,8 +87,9 @@ def plot_mistakes(images: np.ndarray, labels, predictions, confidence, path, cou
     chosen = most_confident_mistakes(labels, predictions, confidence, count)
     names = (lambda c: str(c)) if class_names is None else (lambda c: str(class_names[c]))
     columns, gap = 5, 14  # the gap above each tile holds its label
-    figure = Figure(figsize=(7.5, 1.6 * max(1, -(-len(chosen) // columns)) + 0.6))
-    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.92)
+    height = 1.6 * max(1, -(-len(chosen) // columns)) + 0.6
+    figure = Figure(figsize=(7.5, height))
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / height)
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     axes.axis("off")
