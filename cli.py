@@ -25,6 +25,7 @@ import numpy as np
 
 from backends import BackendUnavailableError, get_backend
 from training.errors import XpnetError
+from training.schedules import SCHEDULES
 
 DEFAULTS = {
     "model": "lnet",
@@ -47,7 +48,6 @@ DEFAULTS = {
 LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}
 RESUMED_SETTINGS = ("model", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "dataset",
                     "data_dir", "seed", "dtype", "train_size", "test_size", "extra", "schedule", "augment", "dropout")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")  # training/schedules.py (imported there lazily)
 MAX_SHIFT = 3  # --augment: random shifts of up to this many pixels
 
 
