@@ -18,7 +18,7 @@ from .atomic import write_atomically
 from .checkpoint import save_checkpoint
 from .errors import TrainingDiverged, XpnetError
 from .metrics import confusion_matrix, per_class_accuracy
-from .plots import first_layer_filters, plot_confusion, plot_curves, plot_filters, plot_mistakes
+from .plots import first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters, plot_mistakes
 from .tally import CorrectCount, Tally
 
 
@@ -258,8 +258,9 @@ class Trainer:
     def _plot_mistakes(self, evaluation: Evaluation, path: Path) -> None:
         if self._test_images is None or evaluation.confidence is None or evaluation.indices is None:
             return
-        plot_mistakes(self._test_images[evaluation.indices], evaluation.labels, evaluation.predictions,
-                      evaluation.confidence, path)
+        chosen = most_confident_mistakes(evaluation.labels, evaluation.predictions, evaluation.confidence)
+        plot_mistakes(self._test_images[evaluation.indices[chosen]], evaluation.labels[chosen],
+                      evaluation.predictions[chosen], evaluation.confidence[chosen], path)
 
     def _plot_filters(self, path: Path) -> None:
         found = first_layer_filters(self.model)
