@@ -3,6 +3,7 @@
     python cli.py                                   # LNet on the built-in synthetic digits
     python cli.py --device cuda --model lnet        # the same on an NVIDIA GPU
     python cli.py --dataset svhn --download         # real SVHN (needs the network once)
+    python cli.py --model cnn --augment --schedule onecycle --lr 3e-3 --epochs 30   # the best recipe
     python cli.py --resume runs/lnet-.../checkpoint.npz --epochs 20
     python cli.py --evaluate runs/lnet-.../best.npz
     python cli.py --predict house.png --checkpoint runs/lnet-.../best.npz
@@ -35,6 +36,7 @@ from pathlib import Path  # noqa: E402
 
 from training import interrupts, streams  # noqa: E402
 from training.errors import XpnetError  # noqa: E402
+from training.schedules import SCHEDULES  # noqa: E402  (names only: math and dataclasses)
 
 DEFAULTS = {
     "model": "lnet",
@@ -51,12 +53,15 @@ DEFAULTS = {
     "train_size": 20_000,
     "test_size": 5_000,
     "extra": False,
+    "schedule": "constant",
+    "augment": False,
+    "dropout": None,  # the model's own (0.3 for the cnn); only models with Dropout layers take one
 }
 LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}
 EVALUATION_BATCH = 500
 # The saved settings each command takes from a checkpoint (when its flag is not given).
 RESUMED_SETTINGS = ("model", "optimizer", "lr", "momentum", "weight_decay", "batch_size", "dataset",
-                    "data_dir", "seed", "dtype", "train_size", "test_size", "extra")
+                    "data_dir", "seed", "dtype", "train_size", "test_size", "extra", "schedule", "augment", "dropout")
 EVALUATION_SETTINGS = ("dataset", "data_dir", "seed", "dtype", "test_size")
 PREDICTION_SETTINGS = ("dtype",)
 # The flags --evaluate and --predict honour; any other flag given with them is a usage error, never ignored.
@@ -74,6 +79,7 @@ COMMAND_MODULES = {
 SYNTHETIC_ONLY = ("train_size", "test_size")
 SVHN_ONLY = ("data_dir", "download", "extra")
 BYTES_PER_IMAGE = 3 * 32 * 32
+MAX_SHIFT = 3  # --augment: random shifts of up to this many pixels
 
 
 # -- the flags --------------------------------------------------------------------------------------
@@ -122,15 +128,26 @@ def path_argument(text: str) -> Path:
     return Path(text).expanduser()
 
 
+def probability(text: str) -> float:
+    """--dropout: a number in [0, 1), else a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be a probability in [0, 1), got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python cli.py",
-        description="Train, evaluate and use xpnet's MLP and LNet on SVHN-style digit images.",
+        description="Train, evaluate and use xpnet's MLP, LNet and CNN on SVHN-style digit images.",
         epilog="Exit codes: 0 done; 2 an error (one 'error:' line on stderr); 130 interrupted (Ctrl-C or SIGTERM: "
                "every completed epoch is kept); 1 --evaluate or --predict output cut short by a closed pipe.",
     )
     what = parser.add_argument_group("what to run")
-    what.add_argument("--model", choices=["lnet", "mlp"], help=f"network (default {DEFAULTS['model']})")
+    what.add_argument("--model", choices=["lnet", "mlp", "cnn"], help=f"network (default {DEFAULTS['model']})")
     what.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (the default) = cuda when it works, else cpu")
     what.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type of weights and batches (default float32)")
     what.add_argument("--resume", metavar="CKPT", type=path_argument, help="continue a run from its checkpoint.npz up to --epochs in total")
@@ -148,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"images per training step (default {DEFAULTS['batch_size']}; with --evaluate or --predict: images per forward pass, "
                             f"default {EVALUATION_BATCH})")
     optim.add_argument("--seed", type=non_negative_int, help="seed of the weights, the shuffling and the synthetic data (default 0)")
+    optim.add_argument("--schedule", choices=SCHEDULES,
+                       help="learning rate per batch: constant (the default), step (x0.1 at 50%% and 75%% of the steps), "
+                            "cosine (to 0), onecycle (torch's OneCycleLR with max_lr = --lr)")
+    optim.add_argument("--dropout", type=probability, help="dropout probability of the cnn (default 0.3)")
+    optim.add_argument("--augment", action="store_true", default=None,
+                       help=f"shift each training image by up to {MAX_SHIFT} pixels each way, at random (edges repeated)")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=["synthetic", "svhn"], help="synthetic (the default: built in, no download) or svhn")
@@ -275,7 +298,7 @@ def check_saved_setting(action: argparse.Action, value) -> None:
                 action.type(str(value))
             except argparse.ArgumentTypeError as exc:
                 problem = str(exc)
-    elif name == "extra" and not isinstance(value, bool):
+    elif name in ("extra", "augment") and not isinstance(value, bool):
         problem = "expected true or false"
     if problem:
         flag = flag_name(name)
@@ -480,6 +503,42 @@ def make_optimizer(name: str, parameters, config: dict):
     return optimizer_class(parameters, lr=config["lr"], weight_decay=config["weight_decay"])
 
 
+def model_options(config: dict) -> dict:
+    """Constructor options of the configured model: ``dropout`` for models with Dropout layers."""
+    import inspect
+
+    from models import MODELS
+
+    if config.get("dropout") is None:
+        return {}
+    if "dropout" not in inspect.signature(MODELS[config["model"]]).parameters:
+        raise XpnetError(f"--dropout applies to models with dropout layers (cnn); {config['model']} has none: "
+                         "leave out --dropout or use --model cnn")
+    return {"dropout": config["dropout"]}
+
+
+def planned_schedule(config: dict, steps_per_epoch: int, checkpoint, log):
+    """The learning-rate schedule of the run, over all its steps (None for a constant rate).
+
+    A resumed run keeps the plan it was started with (its total steps), so the schedule
+    continues exactly; only the rate (--lr, the peak) may be changed by a flag.
+    """
+    from training.schedules import make_schedule
+
+    if config["schedule"] == "constant":
+        return None
+    total = config["epochs"] * steps_per_epoch
+    saved = checkpoint.schedule if checkpoint is not None else None
+    if saved and saved.get("name") == config["schedule"] and isinstance(saved.get("total_steps"), int) \
+            and saved["total_steps"] >= 1:
+        planned = saved["total_steps"]
+        if planned != total:
+            log(f"note: the {config['schedule']} schedule was planned over {planned:,} steps "
+                f"({planned / steps_per_epoch:g} epochs); it keeps that plan (and its last rate after it ends)")
+        total = planned
+    return make_schedule(config["schedule"], config["lr"], total)
+
+
 # -- training ---------------------------------------------------------------------------------------
 def train(args: argparse.Namespace, log) -> int:
     """A new run, or a resumed one (--resume): exit code 0 when every epoch is done, 130 when interrupted."""
@@ -518,7 +577,7 @@ def train(args: argparse.Namespace, log) -> int:
     best = max(trainer.history, key=lambda row: row["test_acc"])
     final = trainer.history[-1]
     print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
-          f"files in {folder.path}: checkpoint.npz best.npz metrics.json curves.png confusion.png")
+          f"files in {folder.path}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png")
     return 0
 
 
@@ -558,6 +617,7 @@ def claim_output_folder(args: argparse.Namespace, config: dict, checkpoint):
 def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder, replaced: list[str], log):
     """Backend, data, model and optimizer: ``(trainer, train_loader, test_loader, start_epoch)`` ready to fit."""
     from models import build_model
+    from training.augment import RandomShift
     from training.data import DataLoader
     from training.trainer import Trainer
 
@@ -568,7 +628,9 @@ def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder,
     mean, std = normalisation_of(train_set, checkpoint)
     config.update(mean=mean.tolist(), std=std.tolist(), device=backend.name)
 
-    model = build_model(config["model"], seed=config["seed"]).to(backend, config["dtype"])
+    model = build_model(config["model"], seed=config["seed"], **model_options(config)).to(backend, config["dtype"])
+    if hasattr(model, "dropout"):
+        config["dropout"] = model.dropout
     optimizer = make_optimizer(config["optimizer"], model.parameters(), config)
     start_epoch, history = 0, []
     if checkpoint is not None:
@@ -584,8 +646,10 @@ def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder,
         start_epoch, history = checkpoint.epoch, list(checkpoint.history)
 
     loader_options = dict(backend=backend, mean=mean, std=std, dtype=config["dtype"])
+    augment = RandomShift(MAX_SHIFT, seed=config["seed"]) if config["augment"] else None
     train_loader = DataLoader(train_set.images, train_set.labels, config["batch_size"], shuffle=True, seed=config["seed"],
-                              **loader_options)
+                              augment=augment, **loader_options)
+    schedule = planned_schedule(config, len(train_loader), checkpoint, log)
     test_loader = DataLoader(test_set.images, test_set.labels, max(config["batch_size"], EVALUATION_BATCH), shuffle=False,
                              **loader_options)
     if not args.quiet:
@@ -598,8 +662,10 @@ def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder,
         log(f"--overwrite: removed the other run's {', '.join(removed)} from {folder.path}")
 
     trainer = Trainer(model, optimizer, backend, out_dir=folder.path, config=config, progress=not args.quiet,
-                      log=log if not args.quiet else (lambda message: None))
+                      log=log if not args.quiet else (lambda message: None), schedule=schedule)
     trainer.history = history
+    if checkpoint is not None:  # the schedule's position; checkpoints from before steps were saved: whole epochs
+        trainer.step = int(checkpoint.meta.get("step", start_epoch * len(train_loader)))
     return trainer, interrupts.StopOnSignal(train_loader), interrupts.StopOnSignal(test_loader), start_epoch
 
 

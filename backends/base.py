@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -163,6 +164,7 @@ class Backend:
         fused = self._fused.get(key)
         if fused is None:
             name = function.__name__ + "".join(f"_{k}_{v}" for k, v in sorted(static.items()))
+            name = re.sub(r"_*\W+_*", "_", name).strip("_")  # a kernel name is a C identifier: axes=(0, 2, 3) → axes_0_2_3
             fused = self._fused[key] = FusedFunction(function, self.xp, name, static, self._compile,
                                                      self.fusion_namespace)
         return fused

@@ -1,6 +1,6 @@
 """Throughput and peak memory of xpnet's models, optionally against PyTorch eager.
 
-    python benchmarks/bench.py                          # MLP and LNet, batch 64/250/1024, CPU
+    python benchmarks/bench.py                          # MLP, LNet and CNN, batch 64/250/1024, CPU
     python benchmarks/bench.py --device cuda --compare-torch
     python benchmarks/bench.py --models lnet --batch-sizes 64 --repeats 3 --threads 1
     python benchmarks/bench.py --quick                  # a few-second smoke run
@@ -61,7 +61,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 SCHEMA_VERSION = 1
-MODELS = ("mlp", "lnet")
+MODELS = ("mlp", "lnet", "cnn")
 MODES = ("train", "infer")
 DEFAULT_BATCH_SIZES = (64, 250, 1024)
 DTYPE = "float32"

@@ -6,6 +6,7 @@
 #   3. the CPU-side launch count (benchmarks/ops.py), to compare with step 2
 #   4. the training loop against the bare step and against the same loop in PyTorch
 #   5. a 3-epoch `python cli.py --device cuda --model lnet` run
+#   6. the cnn (issue 10): its GPU benchmark against PyTorch, and 2 epochs of its recipe
 #
 #   bash benchmarks/gpu_check.sh [LOG]      (default: benchmarks/results/gpu-check-<date>-<hhmm>.log)
 #
@@ -56,14 +57,20 @@ EOF
 
 step "cuda test cases" 210 $PY -m pytest -q -p no:cacheprovider -k cuda -W always::RuntimeWarning tests
 step "kernels per step and GPU benchmark vs torch" 200 $PY benchmarks/bench.py --device cuda --compare-torch \
-    --profile-kernels --batch-sizes 250 1024 --repeats 3 --target-seconds 0.4 --warmup 5 \
+    --models mlp lnet --profile-kernels --batch-sizes 250 1024 --repeats 3 --target-seconds 0.4 --warmup 5 \
     --json "benchmarks/results/cuda-$stamp.json"
-step "launches counted on the CPU (strict backend)" 60 $PY benchmarks/ops.py --batch-size 250
+step "launches counted on the CPU (strict backend)" 60 $PY benchmarks/ops.py --models lnet mlp --batch-size 250
+step "cnn: kernels per step and GPU benchmark vs torch" 120 $PY benchmarks/bench.py --device cuda --compare-torch \
+    --models cnn --modes train --profile-kernels --batch-sizes 64 250 --repeats 3 --target-seconds 0.4 --warmup 5 \
+    --json "benchmarks/results/cuda-cnn-$stamp.json"
+step "cnn: launches counted on the CPU" 60 $PY benchmarks/ops.py --models cnn --batch-size 64
 step "training loop vs bare step vs torch loop" 90 $PY benchmarks/loop.py --device cuda --examples 20000 --epochs 2 \
     --json "benchmarks/results/loop-cuda-$stamp.json"
 run_dir=$(mktemp -d)
 step "python cli.py --device cuda --model lnet --epochs 3" 150 env XPNET_CACHE="$run_dir/cache" \
     $PY cli.py --device cuda --model lnet --epochs 3 --out "$run_dir/run"
+step "python cli.py --device cuda --model cnn --augment --schedule onecycle --epochs 2" 120 env XPNET_CACHE="$run_dir/cache" \
+    $PY cli.py --device cuda --model cnn --augment --schedule onecycle --lr 3e-3 --epochs 2 --out "$run_dir/cnn"
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then

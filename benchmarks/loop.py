@@ -150,7 +150,7 @@ def _throughput(step, sync, batch_size: int, seconds: float) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Trainer's loop against the bare step and against PyTorch's loop.")
-    parser.add_argument("--model", choices=("lnet", "mlp"), default="lnet")
+    parser.add_argument("--model", choices=("lnet", "mlp", "cnn"), default="lnet")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--examples", type=int, default=20_000, help="images per epoch (default: %(default)s)")

@@ -1,6 +1,7 @@
 """PyTorch twins of xpnet's models, for the ``--compare-torch`` benchmark.
 
-Same layers, same shapes, same parameter order as ``models.LNet`` and ``models.MLP``, so
+Same layers, same shapes, same parameter order as ``models.LNet``, ``models.MLP`` and
+``models.CNN`` (BatchNorm buffers included), so
 a comparison measures the frameworks and not the architectures. torch is optional (the
 ``bench`` extra in pyproject.toml); this module imports it only when a model is built.
 """
@@ -31,7 +32,15 @@ def build_torch_model(name: str):
             nn.ReLU(),
             nn.Linear(1024, 10),
         )
-    raise ValueError(f"unknown model {name!r}; expected 'lnet' or 'mlp'")
+    if name == "cnn":
+        layers = []
+        for i, o in ((3, 32), (32, 64), (64, 128)):
+            layers += [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(),
+                       nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+        layers += [nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 4 * 4, 256), nn.ReLU(), nn.Dropout(0.3),
+                   nn.Linear(256, 10)]
+        return nn.Sequential(*layers)
+    raise ValueError(f"unknown model {name!r}; expected 'lnet', 'mlp' or 'cnn'")
 
 
 def copy_xpnet_weights(xpnet_model, torch_model, to_numpy) -> None:
@@ -51,3 +60,8 @@ def copy_xpnet_weights(xpnet_model, torch_model, to_numpy) -> None:
             if tuple(host.shape) != tuple(other.shape):
                 raise ValueError(f"parameter {mine.name}: shape {tuple(host.shape)} vs torch {tuple(other.shape)}")
             other.copy_(host.to(other.dtype))
+        buffers = dict(torch_model.named_buffers())
+        for name, array in xpnet_model.named_buffers():  # BatchNorm's running statistics, same names
+            if name not in buffers:
+                raise ValueError(f"buffer {name} has no twin in the torch model")
+            buffers[name].copy_(torch.from_numpy(to_numpy(array).copy()).to(buffers[name].dtype))

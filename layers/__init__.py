@@ -5,15 +5,20 @@ backend it was moved to with ``layer.to(backend)``.
 """
 from .activations import Flatten, ReLU, Softmax
 from .base import Layer, Sequential
+from .batchnorm import BatchNorm1D, BatchNorm2D
 from .conv import Conv2D
+from .dropout import Dropout
 from .linear import Linear
 from .loss import CrossEntropyLoss
 from .parameter import Parameter
 from .pool import MaxPool2D
 
 __all__ = [
+    "BatchNorm1D",
+    "BatchNorm2D",
     "Conv2D",
     "CrossEntropyLoss",
+    "Dropout",
     "Flatten",
     "Layer",
     "Linear",

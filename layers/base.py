@@ -15,6 +15,10 @@ class Layer:
     and in one floating dtype (float32 unless ``to`` casts it).
     """
 
+    # Names of the layer's buffers: arrays that are state but not trained (BatchNorm's running
+    # statistics). ``to`` moves them, checkpoints save them, optimizers never see them.
+    buffer_names: tuple[str, ...] = ()
+
     def __init__(self):
         self.backend: Backend = get_backend("cpu")
         self.xp = self.backend.xp
@@ -54,6 +58,17 @@ class Layer:
     def parameters(self) -> list[Parameter]:
         return [parameter for _, parameter in self.named_parameters()]
 
+    def named_buffers(self, prefix: str = "") -> list[tuple[str, object]]:
+        """(name, array) of each buffer (see ``buffer_names``), in a stable order."""
+        return [(prefix + name, getattr(self, name)) for name in self.buffer_names]
+
+    def layer_state(self) -> dict:
+        """Host-side state a resumed run needs (a Dropout layer's step count), as plain numbers."""
+        return {}
+
+    def load_layer_state(self, state: dict) -> None:
+        """Restore what ``layer_state`` returned."""
+
     def to(self, backend: Backend | str, dtype=None) -> "Layer":
         """Move the parameters to ``backend`` (and cast to ``dtype``); returns self."""
         target = get_backend(backend)
@@ -61,6 +76,8 @@ class Layer:
         for parameter in self.parameters():
             host = self.backend.to_numpy(parameter.data)
             parameter.place(target.asarray(host, dtype=new_dtype))
+        for name in self.buffer_names:
+            setattr(self, name, target.asarray(self.backend.to_numpy(getattr(self, name)), dtype=new_dtype))
         self.backend, self.xp, self.dtype = target, target.xp, new_dtype
         self._cache = None
         self._scratch_arrays = {}
@@ -192,6 +209,21 @@ class Sequential(Layer):
         for index, layer in enumerate(self.layers):
             found.extend(layer.named_parameters(f"{prefix}{index}."))
         return found
+
+    def named_buffers(self, prefix: str = "") -> list[tuple[str, object]]:
+        found = []
+        for index, layer in enumerate(self.layers):
+            found.extend(layer.named_buffers(f"{prefix}{index}."))
+        return found
+
+    def layer_state(self) -> dict:
+        """{layer index (a string, as in parameter names): that layer's state} for layers that have any."""
+        return {str(index): state for index, layer in enumerate(self.layers) if (state := layer.layer_state())}
+
+    def load_layer_state(self, state: dict) -> None:
+        for index, layer in enumerate(self.layers):
+            if str(index) in state:
+                layer.load_layer_state(state[str(index)])
 
     def to(self, backend: Backend | str, dtype=None) -> "Sequential":
         for layer in self.layers:

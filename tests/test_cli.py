@@ -17,16 +17,17 @@ from training.checkpoint import load_checkpoint
 pytestmark = pytest.mark.usefixtures("private_cache")
 
 
-def test_training_run_writes_all_five_files(tmp_path, capsys):
+def test_training_run_writes_all_seven_files(tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = run(SMALL + ["--epochs", "2", "--out", str(out)], capsys)
     assert code == 0, err
-    assert {p.name for p in out.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png"}
+    assert {p.name for p in out.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png",
+                                               "mistakes.png", "filters.png"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["model"] == "mlp" and metrics["config"]["optimizer"] == "adam"
     assert [row["epoch"] for row in metrics["history"]] == [1, 2]
     assert set(metrics["history"][0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds"}
-    for png in ("curves.png", "confusion.png"):
+    for png in ("curves.png", "confusion.png", "mistakes.png", "filters.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -62,7 +63,7 @@ def test_resume_needs_more_epochs(tmp_path, capsys):
     [
         ("batch_size", -5, "batch_size = -5, which --batch-size would refuse (must be at least 1"),
         ("lr", "fast", "lr = 'fast', which --lr would refuse (expected a number)"),
-        ("model", "resnet", "model = 'resnet', which --model would refuse (expected one of lnet, mlp)"),
+        ("model", "resnet", "model = 'resnet', which --model would refuse (expected one of lnet, mlp, cnn)"),
         ("extra", "yes", "extra = 'yes', which --extra would refuse (expected true or false)"),
     ],
 )

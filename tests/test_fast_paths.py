@@ -155,3 +155,31 @@ def test_relu_backward_passes_gradient_only_where_positive(policy):
     relu.forward(policy.asarray(x))
     np.testing.assert_array_equal(host(policy, relu.backward(policy.asarray(np.array([[5.0, 6.0, 7.0, 8.0]])))),
                                   [[0.0, 0.0, 7.0, 8.0]])
+
+
+@pytest.mark.parametrize("shape", [(9, 3, 5, 4), (7, 4), (5, 3, 6)], ids=["2d", "1d", "1d-length"])
+def test_batchnorm_paths_match_the_reference(policy, shape):
+    """The fused whole-batch form and the CPU's tiles over threads (tile_bytes 3000: a few examples
+    per tile, statistics merged across tiles and threads) against the plain reference."""
+    from layers import BatchNorm1D, BatchNorm2D
+    from layers.batchnorm import batchnorm_backward_reference, batchnorm_reference
+
+    rng = np.random.default_rng(11)
+    c = shape[1]
+    layer = (BatchNorm2D if len(shape) == 4 else BatchNorm1D)(c).to(policy, "float64")
+    gamma, beta = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
+    layer.weight.data, layer.bias.data = policy.asarray(gamma), policy.asarray(beta)
+    x, dy = rng.standard_normal(shape) * 4 + 30, rng.standard_normal(shape)  # a large mean: no cancellation allowed
+    y = layer.forward(policy.asarray(x))
+    dx = layer.backward(policy.asarray(dy))
+    xp, axes = get_backend("cpu").xp, (0,) + tuple(range(2, len(shape)))
+    y_ref, mean, var = batchnorm_reference(xp, x, gamma, beta, axes, 1e-5)
+    dx_ref, dgamma_ref, dbeta_ref = batchnorm_backward_reference(xp, x, gamma, dy, axes, 1e-5)
+    count = x.size // c
+    for actual, expected in ((y, y_ref), (dx, dx_ref), (layer.weight.grad, dgamma_ref), (layer.bias.grad, dbeta_ref),
+                             (layer.running_mean, 0.1 * mean), (layer.running_var, 0.9 + 0.1 * var * count / (count - 1))):
+        np.testing.assert_allclose(host(policy, actual), expected, rtol=1e-11, atol=1e-12)
+    layer.forward(policy.asarray(x))
+    layer.weight.grad = layer.bias.grad = None
+    assert layer.backward_params(policy.asarray(dy)) is None
+    np.testing.assert_allclose(host(policy, layer.weight.grad), dgamma_ref, rtol=1e-11, atol=1e-12)

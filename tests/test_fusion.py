@@ -96,3 +96,12 @@ def test_variants_are_separate_kernels_and_numbers_are_arguments():
         backend.fuse(sgd_update, first=first, **flags)(param, grad, buf, lr, 0.9, 0.0, 0.0)
     assert len(compiled) == 2  # first step and later steps; three learning rates
     np.testing.assert_allclose(param, 1 - 0.1 * 1 - 0.2 * 1.9 - 0.3 * 2.71)
+
+
+def test_fused_names_are_kernel_identifiers():
+    """cupy.fuse names the CUDA kernel after the function and its switches: it must be a C identifier."""
+    from backends import get_backend
+    from layers.batchnorm import scaled_sum
+
+    fused = get_backend("cpu").fuse(scaled_sum, axes=(0, 2, 3))
+    assert fused.name == "scaled_sum_axes_0_2_3" and fused.name.isidentifier()

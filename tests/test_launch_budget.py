@@ -77,16 +77,18 @@ def test_fused_function_counts_once_or_each_operation_unfused(strict):
 # -- the budgets ---------------------------------------------------------------------------
 @pytest.mark.parametrize("model, mode", sorted(ops.BUDGETS))
 def test_launches_per_step_within_budget(strict, model, mode):
-    counts = ops.count(model, mode, batch_size=250)
+    counts = ops.count(model, mode, batch_size=ops.BUDGET_BATCH_SIZES[model])
     assert counts.operations <= ops.BUDGETS[model, mode], counts
     assert counts.transfers == 0, f"a device→host copy inside the step stalls the GPU: {counts}"
 
 
-@pytest.mark.parametrize("model", ["lnet", "mlp"])
+@pytest.mark.parametrize("model", ["lnet", "mlp", "cnn"])
 def test_trainer_step_costs_at_most_a_tenth_more_than_the_bare_step(strict, model):
-    """Loading a batch on the device and the running metrics: within 10 % of the bare Adam step."""
-    bare = ops.count(model, "train-adam", batch_size=64).operations
-    trainer = ops.count(model, "trainer", batch_size=64)
+    """Loading a batch on the device and the running metrics (for the cnn also its random shifts and
+    the schedule): within 10 % of the bare Adam step."""
+    batch = 16 if model == "cnn" else 64  # the same counts, in a quarter of the time
+    bare = ops.count(model, "train-adam", batch_size=batch).operations
+    trainer = ops.count(model, "trainer", batch_size=batch)
     assert trainer.transfers == 0, trainer
     assert trainer.operations <= 1.1 * bare, (trainer, bare)
 

@@ -119,8 +119,8 @@ def test_signal_mid_epoch_keeps_the_checkpoint_and_resume_is_exact(tmp_path, sig
         deadline = time.monotonic() + 120
         history = []
         while time.monotonic() < deadline and process.poll() is None:
-            # metrics.json and then confusion.png are the last files written after epoch 1.
-            if (out / "metrics.json").exists() and _complete_png(out / "confusion.png"):
+            # metrics.json and then the plots, filters.png last, are the last files written after epoch 1.
+            if (out / "metrics.json").exists() and _complete_png(out / "filters.png"):
                 history = json.loads((out / "metrics.json").read_text())["history"]
                 break
             time.sleep(0.02)

@@ -93,7 +93,8 @@ def test_trainer_history_rows_and_output_files(tmp_path, rng):
     # (the loss is small here, about 2e-4: float32's absolute rounding of each log-probability is what remains)
     assert history[-1]["test_loss"] == pytest.approx(ref.cross_entropy(logits, test_loader.labels), rel=1e-5, abs=1e-7)
     assert abs(history[-1]["test_acc"] - np.mean(logits.argmax(axis=1) == test_loader.labels)) <= ref.ambiguous(logits).mean()
-    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png"}
+    assert {p.name for p in tmp_path.iterdir()} == {"checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png",
+                                                   "mistakes.png", "filters.png"}
     assert any(message.startswith("epoch 2/2") for message in messages)
     assert load_checkpoint(tmp_path / "checkpoint.npz").epoch == 2
 

@@ -6,10 +6,18 @@ Layout of the file (every entry a plain array, so it loads with ``allow_pickle=F
                             parameter names and shapes, optimizer name and
                             hyperparameters, epoch, loader seed, config and history
     param/<name>            each model parameter ("param/0.weight", ...)
+    buffer/<name>           each model buffer, e.g. a BatchNorm's "buffer/1.running_mean"
+                            (models without buffers have none; the header lists them
+                            under "buffers", with their shapes)
     optim/<i>/<key>         each optimizer state array or step count of parameter i
 
-The shuffle order of epoch e is a pure function of (seed, e), so ``epoch`` and the seed
-are the whole random state a resumed run needs.
+The header also holds, where they apply: "layer_state" (host-side layer state such as a
+Dropout layer's step count, by layer index), "step" (training steps taken, the position of
+a learning-rate schedule and of the random draws keyed by it) and "schedule".
+
+The shuffle order and the augmentation shifts of epoch e are pure functions of (seed, e),
+and a Dropout layer's masks of (seed, its step count), so ``epoch``, the layer state and
+the seed are the whole random state a resumed run needs.
 """
 from __future__ import annotations
 
@@ -45,7 +53,8 @@ def _fits_history(key: str, value) -> bool:
 
 
 def save_checkpoint(path, model, optimizer=None, *, epoch: int, backend, config: dict | None = None,
-                    history: list | None = None, extra: dict | None = None) -> Path:
+                    history: list | None = None, extra: dict | None = None, step: int | None = None,
+                    schedule: dict | None = None) -> Path:
     """Write a checkpoint atomically: a temporary file in the same folder, fsync, rename.
 
     If anything fails (folder not writable, disk full), the previous checkpoint at
@@ -65,6 +74,18 @@ def save_checkpoint(path, model, optimizer=None, *, epoch: int, backend, config:
         "history": history or [],
         "extra": extra or {},
     }
+    buffers = model.named_buffers() if hasattr(model, "named_buffers") else []
+    if buffers:
+        meta["buffers"] = {name: list(array.shape) for name, array in buffers}
+        for name, array in buffers:
+            arrays[f"buffer/{name}"] = backend.to_numpy(array)
+    layer_state = model.layer_state() if hasattr(model, "layer_state") else {}
+    if layer_state:
+        meta["layer_state"] = layer_state
+    if step is not None:
+        meta["step"] = int(step)
+    if schedule is not None:
+        meta["schedule"] = schedule
     if optimizer is not None:
         state = optimizer.state_dict()
         meta["optimizer"] = {
@@ -94,8 +115,19 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
 class Checkpoint:
     """A checkpoint read back: ``meta`` (dict), ``params`` {name: array}, optimizer state."""
 
-    def __init__(self, path: Path, meta: dict, params: dict[str, np.ndarray], optim: dict[int, dict[str, Any]]):
+    def __init__(self, path: Path, meta: dict, params: dict[str, np.ndarray], optim: dict[int, dict[str, Any]],
+                 buffers: dict[str, np.ndarray] | None = None):
         self.path, self.meta, self.params, self.optim = path, meta, params, optim
+        self.buffers = buffers or {}
+
+    @property
+    def step(self) -> int:
+        """Training steps taken (0 for checkpoints written before steps were recorded)."""
+        return int(self.meta.get("step", 0))
+
+    @property
+    def schedule(self) -> dict | None:
+        return self.meta.get("schedule")
 
     @property
     def model_name(self) -> str:
@@ -170,9 +202,31 @@ class Checkpoint:
                 if expected.get(name) != saved.get(name)
             ]
             raise CheckpointError(f"{self.path} does not fit this {model.name}: " + "; ".join(differences))
+        self._check_buffers(model)
         for parameter in model.parameters():
             parameter.data = backend.asarray(self.params[parameter.name], dtype=parameter.data.dtype)
             parameter.grad = None
+        for name, array in model.named_buffers():
+            array[...] = backend.asarray(self.buffers[name], dtype=array.dtype)
+        try:
+            model.load_layer_state(self.meta.get("layer_state", {}))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{self.path}: its layer state does not fit this {model.name} ({exc})") from exc
+
+    def _check_buffers(self, model) -> None:
+        """The model's buffers (BatchNorm running statistics) and stateful layers must all be in the file."""
+        expected = {name: tuple(array.shape) for name, array in model.named_buffers()}
+        saved = {name: tuple(array.shape) for name, array in self.buffers.items()}
+        if expected != saved:
+            differences = [f"{name}: saved {saved.get(name, 'missing')}, model has {expected.get(name, 'none')}"
+                           for name in sorted(set(expected) | set(saved)) if expected.get(name) != saved.get(name)]
+            raise CheckpointError(f"{self.path} lacks layers of this {model.name}: its running statistics do not match "
+                                  f"({'; '.join(differences)}); it was written by another version or edited")
+        missing = sorted(set(model.layer_state()) - set(self.meta.get("layer_state", {})), key=int)
+        if missing:
+            raise CheckpointError(f"{self.path} lacks layers of this {model.name}: no saved state for layer(s) "
+                                  f"{', '.join(missing)} ({', '.join(repr(model.layers[int(i)]) for i in missing)}); "
+                                  "it was written by another version or edited")
 
     def restore_optimizer(self, optimizer) -> None:
         saved = self.meta.get("optimizer")
@@ -251,10 +305,12 @@ def _checked_header(path: Path, contents: dict[str, np.ndarray]) -> dict:
 def _parse(path: Path, contents: dict[str, np.ndarray]) -> Checkpoint:
     meta = _checked_header(path, contents)
     parameter_shapes = meta["parameters"]
-    params, optim = {}, {}
+    params, optim, buffers = {}, {}, {}
     for name, array in contents.items():
         if name.startswith("param/"):
             params[name[len("param/"):]] = array
+        elif name.startswith("buffer/"):
+            buffers[name[len("buffer/"):]] = array
         elif name.startswith("optim/"):
             try:
                 _, index, key = name.split("/", 2)
@@ -266,7 +322,13 @@ def _parse(path: Path, contents: dict[str, np.ndarray]) -> Checkpoint:
     for name, array in params.items():
         if array.dtype.kind != "f":
             raise CheckpointError(f"{path}: parameter {name} has dtype {array.dtype}, expected a float array")
-    return Checkpoint(path, meta, params, optim)
+    buffer_shapes = meta.get("buffers", {})
+    if set(buffers) != set(buffer_shapes) or any(tuple(buffers[n].shape) != tuple(s) for n, s in buffer_shapes.items()):
+        raise CheckpointError(f"{path} is inconsistent: its buffers do not match its header; it may be corrupt")
+    for name, array in buffers.items():
+        if array.dtype.kind != "f":
+            raise CheckpointError(f"{path}: buffer {name} has dtype {array.dtype}, expected a float array")
+    return Checkpoint(path, meta, params, optim, buffers)
 
 
 def _checked_meta(array: np.ndarray) -> dict:
@@ -292,6 +354,13 @@ def _checked_meta(array: np.ndarray) -> dict:
     check(isinstance(meta.get("config", {}), dict), "'config' must be an object")
     check(isinstance(meta.get("history", []), list) and all(isinstance(row, dict) for row in meta.get("history", [])),
           "'history' must be a list of objects")
+    buffers = meta.get("buffers", {})
+    check(isinstance(buffers, dict) and all(isinstance(shape, list) and all(map(is_count, shape)) for shape in buffers.values()),
+          "'buffers' must map names to shapes")
+    check(isinstance(meta.get("layer_state", {}), dict) and all(isinstance(v, dict) for v in meta.get("layer_state", {}).values()),
+          "'layer_state' must map layer indices to objects")
+    check(is_count(meta.get("step", 0)), "'step' must be a whole number")
+    check(meta.get("schedule") is None or isinstance(meta.get("schedule"), dict), "'schedule' must be an object")
     optimizer = meta.get("optimizer")
     check(optimizer is None or (isinstance(optimizer, dict) and isinstance(optimizer.get("name"), str)
                                 and isinstance(optimizer.get("hyper"), dict) and is_count(optimizer.get("num_params"))),

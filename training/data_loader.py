@@ -60,6 +60,9 @@ class DataLoader:
     mean, std: (C,) per-channel statistics in pixel/255 units, from ``channel_stats``.
     shuffle, seed: the order of epoch ``e`` is ``default_rng([seed, e]).permutation(N)``,
         a pure function of (seed, epoch), so a resumed run sees exactly the same batches.
+    augment: a RandomShift (training/augment.py) or None. Batch b of epoch e is then shifted,
+        on the device, with the draw keyed (e, b): reproducible, and the same whichever
+        way the batches are gathered.
     device_resident: upload the whole uint8 set once and gather batches on the device
         with ``xp.take`` (default: True on cuda, where it avoids a host->device copy per
         batch; False elsewhere, where batches are gathered on the host). Batches are
@@ -85,6 +88,7 @@ class DataLoader:
         drop_last: bool = False,
         device_resident: bool | None = None,
         dtype: str = "float32",
+        augment=None,
     ) -> None:
         from backends import get_backend
 
@@ -106,6 +110,9 @@ class DataLoader:
         self.seed = int(seed)
         self.epoch = 0
         self.device_resident = self.backend.name == "cuda" if device_resident is None else bool(device_resident)
+        if augment is not None:
+            augment.check(tuple(self.images.shape[1:]))
+        self.augment = augment
 
         mean, std = _check_stats(mean, std, self.images.shape[1])
         # (x/255 - mean)/std == x * scale - shift, two operations on the device instead of three.
@@ -142,6 +149,14 @@ class DataLoader:
         return np.random.default_rng([self.seed, epoch]).permutation(n).astype(np.int64)
 
     def __iter__(self):
+        epoch, batches = self.epoch, self._batches()
+        if self.augment is None:
+            yield from batches
+            return
+        for number, (x, y) in enumerate(batches):
+            yield self.augment(self.backend, x, (epoch, number)), y
+
+    def _batches(self):
         order = self.order()
         self.epoch += 1
         n_used = self.num_examples
@@ -179,7 +194,8 @@ class DataLoader:
     def __repr__(self) -> str:
         return (
             f"DataLoader({len(self.images)} images, batch_size={self.batch_size}, backend={self.backend.name!r}, "
-            f"shuffle={self.shuffle}, device_resident={self.device_resident})"
+            f"shuffle={self.shuffle}, device_resident={self.device_resident}"
+            + ("" if self.augment is None else f", augment={self.augment!r}") + ")"
         )
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from .atomic import write_atomically
 from .checkpoint import save_checkpoint
 from .errors import TrainingDiverged, XpnetError
 from .metrics import confusion_matrix, per_class_accuracy
-from .plots import plot_confusion, plot_curves
+from .plots import first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters, plot_mistakes
 from .tally import CorrectCount, Tally
 
 
@@ -30,6 +31,18 @@ class Evaluation:
     predictions: np.ndarray  # (N,) int64 predicted classes, on the host
     labels: np.ndarray  # (N,) int64 true classes, on the host
     confusion: np.ndarray  # (C, C) counts, row = true class
+    confidence: np.ndarray | None = None  # (N,) the probability the model gave its predicted class
+    indices: np.ndarray | None = None  # (N,) the data set index of each example, in evaluation order
+
+
+def max_probability(xp, logits, row_max):
+    """max_c softmax(z)_c = 1 / Σ_c exp(z_c - max z): the probability of the predicted class (fused, with its sum)."""
+    return 1 / xp.sum(xp.exp(logits - row_max), axis=1)
+
+
+# A training loss this many times that of guessing (log of the number of classes) means
+# the weights have blown up: no model that learns gets there, even one that overfits.
+EXPLODED_LOSS_FACTOR = 10
 
 
 class Trainer:
@@ -38,8 +51,14 @@ class Trainer:
     Each epoch: shuffle (the loader's order is a function of seed and epoch), forward,
     loss, backward, optimizer step for each batch; then evaluate on the test loader, append
     a row to ``history`` and, when ``out_dir`` is set, write ``checkpoint.npz`` (last
-    epoch), ``best.npz`` (best test accuracy), ``metrics.json``, ``curves.png`` and
-    ``confusion.png`` there.
+    epoch), ``best.npz`` (best test accuracy), ``metrics.json``, ``curves.png``,
+    ``confusion.png``, ``mistakes.png`` (the most confidently wrong test images) and
+    ``filters.png`` (the first layer's filters) there.
+
+    ``schedule`` (training/schedules.py), if given, sets the optimizer's learning rate before
+    every step; ``step`` counts the steps taken (saved in checkpoints, so a resumed run
+    continues the schedule where it was). A training loss that explodes but stays finite
+    gets one warning through ``warn`` (stderr by default).
 
     The running loss and the count of correct predictions stay on the device; they are
     read back only every ``refresh_every`` steps (for the progress bar) and at the end of
@@ -47,7 +66,8 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, backend, *, out_dir=None, config: dict | None = None,
-                 progress: bool = True, log: Callable[[str], None] = print, refresh_every: int = 20):
+                 progress: bool = True, log: Callable[[str], None] = print, refresh_every: int = 20,
+                 schedule=None, warn: Callable[[str], None] | None = None):
         self.model, self.optimizer, self.backend = model, optimizer, backend
         self.loss = CrossEntropyLoss(check_labels=False)  # datasets are validated when loaded
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -58,6 +78,11 @@ class Trainer:
         self.last_evaluation: Evaluation | None = None
         # The epoch that out_dir/checkpoint.npz is known to hold (None: no checkpoint yet).
         self.checkpoint_epoch: int | None = None
+        self.schedule = schedule
+        self.step = 0  # training steps taken, over all epochs (a schedule's position)
+        self.warn = warn if warn is not None else (lambda message: print(message, file=sys.stderr, flush=True))
+        self.warned = False
+        self._test_images = None
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader, test_loader, epochs: int, start_epoch: int = 0) -> list[dict]:
@@ -71,6 +96,7 @@ class Trainer:
         self.interrupted = False
         resumed_here = start_epoch > 0 and self.out_dir is not None and (self.out_dir / "checkpoint.npz").is_file()
         self.checkpoint_epoch = start_epoch if resumed_here else None
+        self._test_images = getattr(test_loader, "images", None)
         try:
             for epoch in range(start_epoch + 1, epochs + 1):
                 row = self._train_epoch(train_loader, epoch, epochs)
@@ -117,6 +143,7 @@ class Trainer:
                 if step % self.refresh_every == 0:
                     running = loss_sum.total() / seen
                     self._check_finite(running, epoch, step)
+                    self._check_not_exploded(running, epoch, step)
                     bar.set_postfix(loss=f"{running:.4f}", acc=f"{100 * correct.total() / seen:.1f}%")
             self.backend.synchronize()
         finally:
@@ -124,6 +151,7 @@ class Trainer:
         seconds = time.perf_counter() - start
         train_loss = loss_sum.total() / max(seen, 1)
         self._check_finite(train_loss, epoch, len(loader))
+        self._check_not_exploded(train_loss, epoch, None)
         return {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -138,7 +166,10 @@ class Trainer:
         logits = self.model.forward(x)
         loss = self.loss.forward(logits, y)
         self.model.backward(self.loss.backward(), input_grad=False)
+        if self.schedule is not None:
+            self.schedule.apply(self.optimizer, self.step)  # host numbers, handed to the update kernel
         self.optimizer.step()
+        self.step += 1
         return loss, self.backend.xp.argmax(logits, axis=1)
 
     def _check_finite(self, value: float, epoch: int, step: int | None) -> None:
@@ -158,18 +189,31 @@ class Trainer:
             f"try a smaller --lr{kept}"
         )
 
+    def _check_not_exploded(self, value: float, epoch: int, step: int | None) -> None:
+        """Warn (once per run) about a finite training loss far above that of guessing."""
+        chance = math.log(getattr(self.model, "num_classes", 10))
+        if self.warned or not value > EXPLODED_LOSS_FACTOR * chance:
+            return
+        self.warned = True
+        where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+        self.warn(f"warning: the training loss is {value:.4g} at {where}, more than {EXPLODED_LOSS_FACTOR}x the "
+                  f"{chance:.2f} of guessing: the weights have blown up; the learning rate "
+                  f"(lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; try a smaller --lr")
+
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, loader) -> Evaluation:
         """Loss, accuracy and confusion matrix of the model on every example of ``loader``."""
         xp, model = self.backend.xp, self.model
         model.eval()
         loss_sum = Tally(xp)
-        predictions, labels = [], []
+        predictions, labels, confidences = [], [], []
+        indices = loader.order() if hasattr(loader, "order") else None  # the order it is about to go through
         try:
             for x, y in loader:
                 logits = model.forward(x)
                 loss_sum.add(self.loss.forward(logits, y), weight=x.shape[0])
                 predictions.append(xp.argmax(logits, axis=1))
+                confidences.append(self.backend.fuse(max_probability)(logits, xp.max(logits, axis=1, keepdims=True)))
                 labels.append(y)
         finally:
             model.train()
@@ -182,13 +226,16 @@ class Trainer:
             predictions=predicted,
             labels=true,
             confusion=confusion_matrix(predicted, true, classes),
+            confidence=self.backend.to_numpy(xp.concat(confidences)).astype(np.float64),
+            indices=indices,
         )
 
     # -- output -----------------------------------------------------------------------------
     def _save_epoch(self, epoch: int, evaluation: Evaluation) -> None:
         out = self.out_dir
         arguments = dict(model=self.model, optimizer=self.optimizer, epoch=epoch, backend=self.backend,
-                         config=self.config, history=self.history)
+                         config=self.config, history=self.history, step=self.step,
+                         schedule=None if self.schedule is None else self.schedule.state_dict())
         save_checkpoint(out / "checkpoint.npz", **arguments)
         self.checkpoint_epoch = epoch
         best_before = max((row["test_acc"] for row in self.history[:-1]), default=-1.0)
@@ -196,14 +243,34 @@ class Trainer:
             save_checkpoint(out / "best.npz", **arguments)
         try:
             write_metrics(out / "metrics.json", self.config, self.history, evaluation)
-            for plot, data, name in ((plot_curves, self.history, "curves.png"),
-                                     (plot_confusion, evaluation.confusion, "confusion.png")):
+            for plot, name in ((lambda path: plot_curves(self.history, path), "curves.png"),
+                               (lambda path: plot_confusion(evaluation.confusion, path), "confusion.png"),
+                               (lambda path: self._plot_mistakes(evaluation, path), "mistakes.png"),
+                               (self._plot_filters, "filters.png")):
                 try:
-                    plot(data, out / name)
+                    plot(out / name)
                 except OSError as exc:
                     raise _write_error(out / name, exc) from exc
         except XpnetError as exc:
             raise XpnetError(f"{exc} ({out / 'checkpoint.npz'} holds epoch {epoch}; resume from it)") from exc
+
+
+    def _plot_mistakes(self, evaluation: Evaluation, path: Path) -> None:
+        if self._test_images is None or evaluation.confidence is None or evaluation.indices is None:
+            return
+        chosen = most_confident_mistakes(evaluation.labels, evaluation.predictions, evaluation.confidence)
+        plot_mistakes(self._test_images[evaluation.indices[chosen]], evaluation.labels[chosen],
+                      evaluation.predictions[chosen], evaluation.confidence[chosen], path)
+
+    def _plot_filters(self, path: Path) -> None:
+        found = first_layer_filters(self.model)
+        if found is None:
+            return
+        layer, title = found
+        weight = self.backend.to_numpy(layer.weight.data)
+        if weight.ndim == 2:  # a Linear over whole images: its first rows, as images
+            weight = weight[:64].reshape((-1, *self.model.input_shape))
+        plot_filters(weight, path, title)
 
 
 def _write_error(path: Path, exc: OSError) -> XpnetError:

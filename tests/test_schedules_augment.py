@@ -1,0 +1,158 @@
+"""Learning-rate schedules against torch.optim.lr_scheduler, and the augmentation's random shifts
+against their definition, on every backend."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from training.augment import RandomShift, shift_reference
+from training.errors import DataError
+from training.schedules import SCHEDULES, make_schedule
+
+
+def torch_rates(name, lr, total, optimizer_name):
+    """(lr, momentum-or-β1) at each step, from torch's own scheduler driving a torch optimizer."""
+    torch = pytest.importorskip("torch")
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = (torch.optim.Adam([parameter], lr=lr) if optimizer_name == "adam"
+                 else torch.optim.SGD([parameter], lr=lr, momentum=0.9))
+    scheduler = {
+        "step": lambda: torch.optim.lr_scheduler.MultiStepLR(optimizer, [total // 2, (3 * total) // 4], gamma=0.1),
+        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total),
+        "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total),
+        "constant": lambda: None,
+    }[name]()
+    rates = []
+    for _ in range(total):
+        group = optimizer.param_groups[0]
+        rates.append((group["lr"], group["betas"][0] if optimizer_name == "adam" else group["momentum"]))
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return rates
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("total", [1, 7, 40, 313])
+def test_schedules_match_torch(name, total):
+    schedule = make_schedule(name, 3e-3, total)
+    for optimizer_name in ("adam", "sgd"):
+        for step, (lr, momentum) in enumerate(torch_rates(name, 3e-3, total, optimizer_name)):
+            assert schedule.lr_at(step) == pytest.approx(lr, rel=1e-12, abs=1e-18), (name, step)
+            if name == "onecycle":
+                assert schedule.momentum_at(step) == pytest.approx(momentum, rel=1e-12), (step, optimizer_name)
+
+
+def test_schedule_shapes():
+    """The documented shape: onecycle from lr/25 to lr at 30 %, then down to lr/25/1e4; step at 50 %, 75 %."""
+    onecycle, step, cosine = (make_schedule(n, 1.0, 100) for n in ("onecycle", "step", "cosine"))
+    assert onecycle.lr_at(0) == pytest.approx(1 / 25) and onecycle.lr_at(29) == pytest.approx(1.0)
+    assert onecycle.lr_at(99) == pytest.approx(1 / 25 / 1e4)
+    assert max(onecycle.lr_at(t) for t in range(100)) == pytest.approx(1.0)
+    assert [step.lr_at(t) for t in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert cosine.lr_at(50) == pytest.approx(0.5) and cosine.lr_at(99) == pytest.approx((1 + math.cos(math.pi * 0.99)) / 2)
+    assert cosine.lr_at(500) == cosine.lr_at(99)  # past its end a schedule keeps its last rate
+
+
+def test_apply_sets_the_optimizer_for_the_step():
+    from backends import get_backend
+    from layers import Parameter
+    from training.optim import SGD, Adam
+
+    def parameter():
+        return Parameter(get_backend("cpu").asarray(np.zeros(3), dtype="float32"))
+
+    adam, sgd = Adam([parameter()], lr=1.0), SGD([parameter()], lr=1.0, momentum=0.9)
+    schedule = make_schedule("onecycle", 0.5, 10)
+    schedule.apply(adam, 4)
+    schedule.apply(sgd, 4)
+    assert adam.lr == sgd.lr == schedule.lr_at(4)
+    assert adam.betas == (schedule.momentum_at(4), 0.999) and sgd.momentum == schedule.momentum_at(4)
+    make_schedule("cosine", 0.5, 10).apply(sgd, 3)
+    assert sgd.momentum == schedule.momentum_at(4)  # only onecycle touches the momentum
+
+
+@pytest.mark.parametrize("name, lr, total, message", [
+    ("linear", 0.1, 10, "unknown schedule 'linear'"), ("cosine", 0.1, 0, "total_steps >= 1"),
+    ("cosine", -1.0, 10, "positive finite lr"),
+])
+def test_bad_schedules_are_refused(name, lr, total, message):
+    with pytest.raises(ValueError, match=message):
+        make_schedule(name, lr, total)
+
+
+# -- augmentation --------------------------------------------------------------------------------
+def test_shifts_match_the_definition_on_every_backend(backend, rng):
+    images = rng.integers(0, 256, (6, 3, 9, 8), dtype=np.uint8)
+    shift = RandomShift(3, seed=4)
+    for x in (images, images.astype(np.float32)):
+        out = backend.to_numpy(shift(backend, backend.asarray(x), (2, 5)))
+        rows, columns = shift.shifts(backend, 6, (2, 5))
+        assert out.dtype == x.dtype
+        np.testing.assert_array_equal(out, shift_reference(x, rows, columns))
+
+
+def test_shifts_are_per_image_seeded_and_cover_the_range(backend):
+    from backends import get_backend
+
+    shift = RandomShift(3, seed=0)
+    rows, columns = shift.shifts(backend, 2000, (1, 0))
+    assert set(np.unique(rows)) == set(range(-3, 4)) and set(np.unique(columns)) == set(range(-3, 4))
+    assert abs(np.corrcoef(rows, columns)[0, 1]) < 0.1
+    cpu_rows, _ = shift.shifts(get_backend("cpu"), 2000, (1, 0))
+    np.testing.assert_array_equal(rows, cpu_rows)  # the same draw on every backend
+    assert not np.array_equal(rows, shift.shifts(backend, 2000, (1, 1))[0])  # another batch, other shifts
+    assert not np.array_equal(rows, RandomShift(3, seed=1).shifts(backend, 2000, (1, 0))[0])
+
+
+def test_edge_padding_repeats_the_border():
+    from backends import get_backend
+
+    cpu = get_backend("cpu")
+    image = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    np.testing.assert_array_equal(shift_reference(image, [3], [-3])[0, 0],
+                                  [[15, 15, 15, 15, 16], [20, 20, 20, 20, 21]] + [[20, 20, 20, 20, 21]] * 3)
+    shift = RandomShift(2, seed=0)
+    rows, columns = shift.shifts(cpu, 1, (0, 0))
+    np.testing.assert_array_equal(shift(cpu, image, (0, 0)), shift_reference(image, rows, columns))
+
+
+def test_loader_shifts_each_batch_with_its_epoch_and_number(rng):
+    """Host-gathered and device-resident loaders give the same shifted batches; the shifts are those
+    of (epoch, batch number), so a resumed epoch sees the same images."""
+    from backends import get_backend
+    from training.data import DataLoader
+
+    cpu = get_backend("cpu")
+    images, labels = rng.integers(0, 256, (20, 3, 8, 8), dtype=np.uint8), rng.integers(0, 10, 20)
+    shift = RandomShift(3, seed=9)
+    batches = {}
+    for resident in (False, True):
+        loader = DataLoader(images, labels, 8, cpu, [0.5] * 3, [0.25] * 3, seed=1, device_resident=resident, augment=shift)
+        loader.set_epoch(3)
+        batches[resident] = [(x.copy(), y.copy()) for x, y in loader]
+    plain = DataLoader(images, labels, 8, cpu, [0.5] * 3, [0.25] * 3, seed=1)
+    plain.set_epoch(3)
+    for number, ((x, y), (x_resident, _), (x_plain, y_plain)) in enumerate(zip(batches[False], batches[True], plain)):
+        np.testing.assert_array_equal(x, x_resident)
+        np.testing.assert_array_equal(y, y_plain)
+        rows, columns = shift.shifts(cpu, x.shape[0], (3, number))
+        np.testing.assert_array_equal(x, shift_reference(x_plain, rows, columns))
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 6, 8), (4, 3, 8, 5)])
+def test_images_too_small_to_shift_are_a_data_error(rng, shape):
+    from training.data import DataLoader
+
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    with pytest.raises(DataError, match=r"--augment shifts images by up to 3 pixels, which needs images \(C, H, W\) of "
+                                        r"at least 7x7 pixels; these are"):
+        DataLoader(images, np.zeros(4, dtype=np.int64), 2, "cpu", [0.5] * 3, [0.2] * 3, augment=RandomShift(3))
+
+
+def test_bad_shift_sizes_are_refused():
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_shift must be a whole number >= 1"):
+            RandomShift(bad)
