@@ -26,7 +26,7 @@ import cli
 from cli_helpers import TINY, finished_run, snapshot  # noqa: F401 (fixture)
 from training.data import write_svhn_mat
 
-RUN_FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "metrics.json"]
+RUN_FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "filters.png", "metrics.json", "mistakes.png"]
 VALUES = {  # for each flag: values it accepts | values it refuses
     "--model": (["lnet", "mlp"], ["resnet"]),
     "--device": (["cpu", "auto"], ["tpu"]),

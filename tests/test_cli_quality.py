@@ -130,8 +130,8 @@ def test_normal_training_does_not_warn(tmp_path, capsys):
     (["--dropout", "-0.1"], "argument --dropout: must be a probability in [0, 1), got -0.1"),
     (["--dropout", "nan"], "argument --dropout: must be a probability in [0, 1), got nan"),
     (["--dropout", "half"], "argument --dropout: expected a number, got 'half'"),
-    (["--evaluate", "a.npz", "--augment"], "--augment applies to training; leave it out with --evaluate"),
-    (["--predict", "a.png", "--checkpoint", "b.npz", "--schedule", "step"], "--schedule applies to training"),
+    (["--evaluate", "a.npz", "--augment"], "--augment does not apply to --evaluate, which only measures a checkpoint on a test set; leave it out"),
+    (["--predict", "a.png", "--checkpoint", "b.npz", "--schedule", "step"], "--schedule does not apply to --predict"),
 ])
 def test_bad_quality_flags_are_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -41,7 +41,7 @@ def test_training_goes_on_when_its_reader_leaves(tmp_path, stderr_too):
     assert code == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err
     assert load_checkpoint(out / "checkpoint.npz").epoch == 1
-    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "filters.png", "metrics.json", "mistakes.png"]
 
 
 def test_predict_stops_printing_and_says_so_in_its_exit_code(tmp_path, finished_run):

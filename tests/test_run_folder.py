@@ -25,7 +25,7 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(tmp_path, capsys, finished_
     code, _, err = run(TINY + ["--model", "mlp", "--epochs", "1", "--out", str(out)], capsys)
     assert code == 2
     line = one_error_line(err)
-    assert line == (f"error: {out} already holds a run (checkpoint.npz, best.npz, metrics.json, curves.png, confusion.png); "
+    assert line == (f"error: {out} already holds a run (checkpoint.npz, best.npz, metrics.json, curves.png, confusion.png, mistakes.png, filters.png); "
                     f"a new run there would replace it: choose another --out, continue it with --resume "
                     f"{out / 'checkpoint.npz'}, or pass --overwrite to replace it")
     assert snapshot(out) == before
@@ -87,7 +87,7 @@ def test_a_stale_lock_is_detected_and_taken_over(tmp_path, capsys):
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
     assert f"note: {out} had a stale lock of process {dead_pid}, which has ended; taking it over" in stdout
-    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "filters.png", "metrics.json", "mistakes.png"]
 
 
 def test_two_processes_started_together_on_one_folder_keep_one_run(tmp_path):
@@ -104,7 +104,7 @@ def test_two_processes_started_together_on_one_folder_keep_one_run(tmp_path):
     refused = next(err for code, _, err in results if code == 2)
     assert "is in use by another xpnet run" in one_error_line(refused) or "already holds a run" in one_error_line(refused)
     assert load_checkpoint(out / "checkpoint.npz").epoch == 1
-    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "metrics.json"]
+    assert sorted(os.listdir(out)) == ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "filters.png", "metrics.json", "mistakes.png"]
 
 
 # -- a resume never rolls back, never mixes two runs -------------------------------------------------
@@ -191,7 +191,7 @@ def test_run_files_respect_the_umask(tmp_path, capsys, umask):
         os.umask(previous)
     assert code == 0, err
     modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "run").iterdir()}
-    assert modes == dict.fromkeys(modes, 0o666 & ~umask) and len(modes) == 5
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask) and len(modes) == 7
 
 
 def test_out_expands_the_home_folder(tmp_path, capsys, monkeypatch):

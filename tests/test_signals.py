@@ -33,7 +33,7 @@ from training.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "cli.py"), *TINY, "--epochs", "2"]
 MOMENTS = 8  # signals sent, two runs at a time: about 10 s in all
-FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "metrics.json"]
+FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "filters.png", "metrics.json", "mistakes.png"]
 
 
 def _default_sigint():  # a child of a background job may inherit SIGINT ignored

@@ -1,6 +1,6 @@
 """A run folder belongs to one run.
 
-The files of a run (checkpoint.npz, best.npz, metrics.json, curves.png, confusion.png)
+The files of a run (checkpoint.npz, best.npz, metrics.json and the pictures: curves.png, confusion.png, mistakes.png, filters.png)
 live in one folder, and this module keeps that folder safe:
 
 * :func:`claim` takes it for this process: it creates the folder if needed, and locks it,
@@ -31,7 +31,7 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png")
+RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png", "mistakes.png", "filters.png")
 HISTORY_FILES = ("checkpoint.npz", "best.npz", "metrics.json")  # the files that say which run they belong to
 LOCK_NAME = ".xpnet.lock"
 
