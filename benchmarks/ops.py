@@ -151,7 +151,9 @@ def main(argv=None) -> int:
         for mode in args.modes:
             counts = count(model_name, mode, args.batch_size, args.unfused)
             key = (model_name, mode)
-            budget = BUDGETS.get(key) or BUDGETS.get((model_name, "train-adam"))
+            # a budget holds at its batch size (at larger batches im2col may go in chunks)
+            budget = (BUDGETS.get(key) or BUDGETS.get((model_name, "train-adam"))
+                      if args.batch_size == BUDGET_BATCH_SIZES[model_name] else None)
             row = {"model": model_name, "mode": mode, "batch_size": args.batch_size, "operations": counts.operations,
                    "transfers": counts.transfers, "budget": budget, "torch_kernels": TORCH_KERNELS.get(key),
                    "before_rewrite": BEFORE_REWRITE.get(key), "unfused": args.unfused,
