@@ -139,59 +139,75 @@ def probability(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
+    """The command line's parser. ``flags``, if given, receives each flag's argparse Action by
+    destination: its choices and type are what a setting saved in a checkpoint is checked with."""
+    table = {} if flags is None else flags
     parser = argparse.ArgumentParser(
         prog="python cli.py",
         description="Train, evaluate and use xpnet's MLP, LNet and CNN on SVHN-style digit images.",
         epilog="Exit codes: 0 done; 2 an error (one 'error:' line on stderr); 130 interrupted (Ctrl-C or SIGTERM: "
                "every completed epoch is kept); 1 --evaluate or --predict output cut short by a closed pipe.",
     )
-    what = parser.add_argument_group("what to run")
-    what.add_argument("--model", choices=["lnet", "mlp", "cnn"], help=f"network (default {DEFAULTS['model']})")
-    what.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (the default) = cuda when it works, else cpu")
-    what.add_argument("--dtype", choices=["float32", "float64"], help="floating-point type of weights and batches (default float32)")
-    what.add_argument("--resume", metavar="CKPT", type=path_argument, help="continue a run from its checkpoint.npz up to --epochs in total")
-    what.add_argument("--evaluate", metavar="CKPT", type=path_argument, help="only evaluate a checkpoint on the test set")
-    what.add_argument("--predict", metavar="IMAGE", type=path_argument, nargs="+", help="print the top-3 classes of PNG/JPEG images")
-    what.add_argument("--checkpoint", metavar="CKPT", type=path_argument, help="the checkpoint --predict uses")
+    what = _flag_group(parser, "what to run", table)
+    what("--model", choices=["lnet", "mlp", "cnn"], help=f"network (default {DEFAULTS['model']})")
+    what("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (the default) = cuda when it works, else cpu")
+    what("--dtype", choices=["float32", "float64"], help="floating-point type of weights and batches (default float32)")
+    what("--resume", metavar="CKPT", type=path_argument, help="continue a run from its checkpoint.npz up to --epochs in total")
+    what("--evaluate", metavar="CKPT", type=path_argument, help="only evaluate a checkpoint on the test set")
+    what("--predict", metavar="IMAGE", type=path_argument, nargs="+", help="print the top-3 classes of PNG/JPEG images")
+    what("--checkpoint", metavar="CKPT", type=path_argument, help="the checkpoint --predict uses")
 
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"optimizer (default {DEFAULTS['optimizer']})")
-    optim.add_argument("--lr", type=positive_float, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
-    optim.add_argument("--momentum", type=momentum_float, help=f"SGD momentum, in [0, 1) (default {DEFAULTS['momentum']})")
-    optim.add_argument("--weight-decay", type=non_negative_float, help="L2 penalty, or decoupled decay for adamw (default 0; 1e-2 for adamw)")
-    optim.add_argument("--epochs", type=positive_int, help=f"total epochs, also when resuming (default {DEFAULTS['epochs']})")
-    optim.add_argument("--batch-size", type=positive_int,
+    optim = _flag_group(parser, "optimisation", table)
+    optim("--optimizer", choices=["sgd", "adam", "adamw"], help=f"optimizer (default {DEFAULTS['optimizer']})")
+    optim("--lr", type=positive_float, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
+    optim("--momentum", type=momentum_float, help=f"SGD momentum, in [0, 1) (default {DEFAULTS['momentum']})")
+    optim("--weight-decay", type=non_negative_float, help="L2 penalty, or decoupled decay for adamw (default 0; 1e-2 for adamw)")
+    optim("--epochs", type=positive_int, help=f"total epochs, also when resuming (default {DEFAULTS['epochs']})")
+    optim("--batch-size", type=positive_int,
                        help=f"images per training step (default {DEFAULTS['batch_size']}; with --evaluate or --predict: images per forward pass, "
                             f"default {EVALUATION_BATCH})")
-    optim.add_argument("--seed", type=non_negative_int, help="seed of the weights, the shuffling and the synthetic data (default 0)")
-    optim.add_argument("--schedule", choices=SCHEDULES,
+    optim("--seed", type=non_negative_int, help="seed of the weights, the shuffling and the synthetic data (default 0)")
+    optim("--schedule", choices=SCHEDULES,
                        help="learning rate per batch: constant (the default), step (x0.1 at 50%% and 75%% of the steps), "
                             "cosine (to 0), onecycle (torch's OneCycleLR with max_lr = --lr)")
-    optim.add_argument("--dropout", type=probability, help="dropout probability of the cnn (default 0.3)")
-    optim.add_argument("--augment", action="store_true", default=None,
+    optim("--dropout", type=probability, help="dropout probability of the cnn (default 0.3)")
+    optim("--augment", action="store_true", default=None,
                        help=f"shift each training image by up to {MAX_SHIFT} pixels each way, at random (edges repeated)")
 
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=["synthetic", "svhn"], help="synthetic (the default: built in, no download) or svhn")
-    data.add_argument("--data-dir", type=path_argument, help=f"folder of the SVHN .mat files (default {DEFAULTS['data_dir']})")
-    data.add_argument("--download", action="store_true", help="download the SVHN files into --data-dir (checksums verified)")
-    data.add_argument("--extra", action="store_true", default=None, help="also train on SVHN's extra_32x32.mat (531k images)")
-    data.add_argument("--train-size", type=positive_int, help=f"synthetic training images (default {DEFAULTS['train_size']})")
-    data.add_argument("--test-size", type=positive_int, help=f"synthetic test images (default {DEFAULTS['test_size']})")
+    data = _flag_group(parser, "data", table)
+    data("--dataset", choices=["synthetic", "svhn"], help="synthetic (the default: built in, no download) or svhn")
+    data("--data-dir", type=path_argument, help=f"folder of the SVHN .mat files (default {DEFAULTS['data_dir']})")
+    data("--download", action="store_true", help="download the SVHN files into --data-dir (checksums verified)")
+    data("--extra", action="store_true", default=None, help="also train on SVHN's extra_32x32.mat (531k images)")
+    data("--train-size", type=positive_int, help=f"synthetic training images (default {DEFAULTS['train_size']})")
+    data("--test-size", type=positive_int, help=f"synthetic test images (default {DEFAULTS['test_size']})")
 
-    output = parser.add_argument_group("output")
-    output.add_argument("--out", metavar="DIR", type=path_argument,
+    output = _flag_group(parser, "output", table)
+    output("--out", metavar="DIR", type=path_argument,
                         help="run folder (default runs/<model>-<timestamp>; when resuming, the checkpoint's folder)")
-    output.add_argument("--overwrite", action="store_true",
+    output("--overwrite", action="store_true",
                         help="replace the run already in --out (without it, a folder that holds another run is refused)")
-    output.add_argument("--quiet", action="store_true", help="no progress bar, no per-epoch lines or notes; only the final result (and errors)")
+    output("--quiet", action="store_true", help="no progress bar, no per-epoch lines or notes; only the final result (and errors)")
     return parser
+
+
+def _flag_group(parser: argparse.ArgumentParser, title: str, table: dict):
+    """A function that adds flags to the parser's group ``title`` and records each in ``table``."""
+    group = parser.add_argument_group(title)
+
+    def add(*names, **options) -> argparse.Action:
+        action = group.add_argument(*names, **options)
+        table[action.dest] = action
+        return action
+
+    return add
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """The parsed flags; a flag that does not fit the others is a usage error (exit code 2)."""
-    parser = build_parser()
+    flags: dict[str, argparse.Action] = {}
+    parser = build_parser(flags)
     args = parser.parse_args(argv)
     modes = [name for name in ("resume", "evaluate", "predict") if getattr(args, name)]
     if len(modes) > 1:
@@ -202,16 +218,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--checkpoint goes with --predict; to evaluate a checkpoint use --evaluate CKPT")
     for command, purpose in (("evaluate", "only measures a checkpoint on a test set"), ("predict", "only classifies the images")):
         if getattr(args, command):
-            ignored = [name for name in given_flags(parser, args) if name not in COMMAND_FLAGS[command] and name != command]
+            ignored = [name for name in given_flags(flags, args) if name not in COMMAND_FLAGS[command] and name != command]
             if ignored:
                 parser.error(f"{flag_name(ignored[0])} does not apply to --{command}, which {purpose}; leave it out")
     return args
 
 
-def given_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+def given_flags(flags: dict[str, argparse.Action], args: argparse.Namespace) -> list[str]:
     """The destinations of the flags given on the command line (those that differ from their defaults)."""
-    return [action.dest for action in parser._actions
-            if action.dest != "help" and getattr(args, action.dest) != action.default]
+    return [dest for dest, action in flags.items() if getattr(args, dest) != action.default]
 
 
 def flag_name(dest: str) -> str:
@@ -255,7 +270,8 @@ def checked_checkpoint(path: Path, command: str, args: argparse.Namespace):
     from training.errors import CheckpointError
 
     checkpoint = load_checkpoint(path)
-    flags = {action.dest: action for action in build_parser()._actions}
+    flags: dict[str, argparse.Action] = {}
+    build_parser(flags)
     if checkpoint.model_name not in flags["model"].choices:
         raise CheckpointError(f"{path}: its header names the model {checkpoint.model_name!r}, which is not one of "
                               f"{', '.join(flags['model'].choices)}; the file was edited or damaged: use another checkpoint")
@@ -729,7 +745,7 @@ def evaluate(args: argparse.Namespace, log) -> int:
     """Loss and accuracy of a checkpoint on a test set (only the test split is read)."""
     from training.data import DataLoader
     from training.metrics import per_class_accuracy
-    from training.trainer import Trainer
+    from training.trainer import evaluate as evaluate_model
 
     checkpoint = checked_checkpoint(args.evaluate, "evaluate", args)
     config = settings(args, checkpoint, used=EVALUATION_SETTINGS)
@@ -743,7 +759,7 @@ def evaluate(args: argparse.Namespace, log) -> int:
     loader = DataLoader(test_set.images, test_set.labels, args.batch_size or EVALUATION_BATCH, backend, mean, std,
                         shuffle=False, dtype=config["dtype"])
     with np_quiet(), out_of_memory_advice("evaluating", "try a smaller --batch-size"):
-        result = Trainer(model, None, backend, progress=False).evaluate(interrupts.StopOnSignal(loader))
+        result = evaluate_model(model, interrupts.StopOnSignal(loader), backend)
     if not math.isfinite(result.loss):
         raise XpnetError(f"the network of {args.evaluate} gives a {result.loss} loss on {test_set.name}: its outputs overflow, "
                          f"so its accuracy means nothing; the checkpoint is damaged or diverged: use another one")
@@ -781,13 +797,22 @@ def predict(args: argparse.Namespace, log) -> int:
 
 
 def class_probabilities(model, backend, images, mean, std):
-    """Softmax of the network's outputs for uint8 images (N, 3, 32, 32), on the host (float64)."""
-    import numpy as np
+    """Softmax of the network's outputs for uint8 images (N, 3, 32, 32), as float64 on the host.
 
-    x = (images.astype(np.float64) / 255.0 - mean.reshape(1, 3, 1, 1)) / std.reshape(1, 3, 1, 1)
-    logits = backend.to_numpy(model.forward(backend.asarray(x, dtype=model.dtype))).astype(np.float64)
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    The images are normalised by the DataLoader, exactly as in training; the probabilities
+    are taken from the logits in float64, so that tiny ones still print right.
+    """
+    import numpy as np
+    from array_api_compat import numpy as host_xp
+
+    from layers.activations import softmax
+    from training.data import DataLoader
+
+    loader = DataLoader(images, np.zeros(len(images), np.int64), len(images), backend, mean, std, shuffle=False,
+                        dtype=model.dtype)
+    (x, _), = loader
+    logits = backend.to_numpy(model.forward(x)).astype(np.float64)
+    return softmax(host_xp, logits, axis=1)
 
 
 # -- the program ------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import bench
+from benchmarks import bench, worker, workloads
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH = REPO_ROOT / "benchmarks" / "bench.py"
@@ -47,7 +47,7 @@ def test_quick_run_writes_positive_throughput_and_memory(tmp_path):
     assert "xpnet ex/s" in done.stdout and "lnet" in done.stdout
 
 
-class _CountingWorkload(bench.Workload):
+class _CountingWorkload(workloads.Workload):
     def __init__(self, seconds_per_step: float):
         self.calls = 0
         super().__init__(step=self._step, sync=lambda: None)
@@ -60,14 +60,14 @@ class _CountingWorkload(bench.Workload):
 def test_calibration_scales_steps_to_the_target(monkeypatch):
     workload = _CountingWorkload(0.01)
     # A fake clock on which every step takes 10 ms, so 1 s is 100 steps.
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: workload.calls * workload.seconds_per_step)
-    assert bench.calibrate_steps(workload, target_seconds=1.0) == 100
-    steps, runs = bench.measure(workload, warmup=3, repeats=4, steps=None, target_seconds=0.5)
+    monkeypatch.setattr(worker.time, "perf_counter", lambda: workload.calls * workload.seconds_per_step)
+    assert worker.calibrate_steps(workload, target_seconds=1.0) == 100
+    steps, runs = worker.measure(workload, warmup=3, repeats=4, steps=None, target_seconds=0.5)
     assert steps == 50 and runs == pytest.approx([0.5] * 4)
 
 
 def test_cycling_labels_change_every_step_and_repeat():
-    labels = bench.cycling_labels(np.array([0, 3, 9]), 10, np.asarray)
+    labels = workloads.cycling_labels(np.array([0, 3, 9]), 10, np.asarray)
     first = [next(labels) for _ in range(11)]
     assert [list(a) for a in first[:2]] == [[0, 3, 9], [1, 4, 0]]
     assert list(first[10]) == list(first[0])

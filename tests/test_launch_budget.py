@@ -99,13 +99,14 @@ def test_launches_do_not_grow_with_the_batch(strict):
 
 
 def test_ops_tool_prints_a_table(strict, capsys, tmp_path):
-    assert ops.main(["--models", "mlp", "--modes", "infer", "--batch-size", "4", "--json", str(tmp_path / "c.json")]) == 0
-    out = capsys.readouterr().out
-    assert "mlp" in out and "infer" in out
     import json
 
-    row = json.loads((tmp_path / "c.json").read_text())[0]
-    assert row["operations"] == ops.count("mlp", "infer", batch_size=4).operations and row["budget"] == 5
+    for batch, budget in ((250, 5), (4, None)):  # a budget is shown at the batch size it holds for
+        assert ops.main(["--models", "mlp", "--modes", "infer", "--batch-size", str(batch), "--json", str(tmp_path / "c.json")]) == 0
+        out = capsys.readouterr().out
+        assert "mlp" in out and "infer" in out
+        row = json.loads((tmp_path / "c.json").read_text())[0]
+        assert row["operations"] == ops.count("mlp", "infer", batch_size=batch).operations and row["budget"] == budget
 
 
 def test_cpu_backend_runs_its_own_path():

@@ -203,32 +203,7 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, loader) -> Evaluation:
         """Loss, accuracy and confusion matrix of the model on every example of ``loader``."""
-        xp, model = self.backend.xp, self.model
-        model.eval()
-        loss_sum = Tally(xp)
-        predictions, labels, confidences = [], [], []
-        indices = loader.order() if hasattr(loader, "order") else None  # the order it is about to go through
-        try:
-            for x, y in loader:
-                logits = model.forward(x)
-                loss_sum.add(self.loss.forward(logits, y), weight=x.shape[0])
-                predictions.append(xp.argmax(logits, axis=1))
-                confidences.append(self.backend.fuse(max_probability)(logits, xp.max(logits, axis=1, keepdims=True)))
-                labels.append(y)
-        finally:
-            model.train()
-        predicted = self.backend.to_numpy(xp.concat(predictions)).astype(np.int64)
-        true = self.backend.to_numpy(xp.concat(labels)).astype(np.int64)
-        classes = getattr(model, "num_classes", 10)
-        return Evaluation(
-            loss=loss_sum.total() / len(true),
-            accuracy=float(np.mean(predicted == true)),
-            predictions=predicted,
-            labels=true,
-            confusion=confusion_matrix(predicted, true, classes),
-            confidence=self.backend.to_numpy(xp.concat(confidences)).astype(np.float64),
-            indices=indices,
-        )
+        return evaluate(self.model, loader, self.backend)
 
     # -- output -----------------------------------------------------------------------------
     def _save_epoch(self, epoch: int, evaluation: Evaluation) -> None:
@@ -271,6 +246,40 @@ class Trainer:
         if weight.ndim == 2:  # a Linear over whole images: its first rows, as images
             weight = weight[:64].reshape((-1, *self.model.input_shape))
         plot_filters(weight, path, title)
+
+
+def evaluate(model, loader, backend) -> Evaluation:
+    """Loss, accuracy and confusion matrix of ``model`` on every example of ``loader``.
+
+    The model runs in eval mode (BatchNorm's running statistics, no dropout) and is put
+    back in training mode after. Everything stays on the device until the end.
+    """
+    xp, loss = backend.xp, CrossEntropyLoss(check_labels=False)  # datasets are validated when loaded
+    model.eval()
+    loss_sum = Tally(xp)
+    predictions, labels, confidences = [], [], []
+    indices = loader.order() if hasattr(loader, "order") else None  # the order it is about to go through
+    try:
+        for x, y in loader:
+            logits = model.forward(x)
+            loss_sum.add(loss.forward(logits, y), weight=x.shape[0])
+            predictions.append(xp.argmax(logits, axis=1))
+            confidences.append(backend.fuse(max_probability)(logits, xp.max(logits, axis=1, keepdims=True)))
+            labels.append(y)
+    finally:
+        model.train()
+    predicted = backend.to_numpy(xp.concat(predictions)).astype(np.int64)
+    true = backend.to_numpy(xp.concat(labels)).astype(np.int64)
+    classes = getattr(model, "num_classes", 10)
+    return Evaluation(
+        loss=loss_sum.total() / len(true),
+        accuracy=float(np.mean(predicted == true)),
+        predictions=predicted,
+        labels=true,
+        confusion=confusion_matrix(predicted, true, classes),
+        confidence=backend.to_numpy(xp.concat(confidences)).astype(np.float64),
+        indices=indices,
+    )
 
 
 def _write_error(path: Path, exc: OSError) -> XpnetError:
