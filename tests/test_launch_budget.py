@@ -115,6 +115,7 @@ def test_cpu_backend_runs_its_own_path():
     assert not cpu.launch_bound and cpu.tile_bytes
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
 def test_cuda_profile_counts_no_kernels_for_host_work():
     """The CUPTI counter (benchmarks/cuda_profile.py) runs and sees no GPU kernels on the CPU."""
     pytest.importorskip("torch", reason="torch is not installed; the kernel profile needs torch.profiler")
