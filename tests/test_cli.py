@@ -91,7 +91,7 @@ def test_evaluate_and_predict(tmp_path, capsys):
     assert code == 0, err
     result = json.loads(stdout.strip().splitlines()[-1])
     # Recomputed here from the saved weights, not read from metrics.json (which the same code wrote).
-    from training.synthetic import make_synthetic
+    from training.data.synthetic import make_synthetic
 
     train, test = make_synthetic(160, 64, seed=0)
     mean, std = reference_nets.channel_stats(train.images)

@@ -96,17 +96,17 @@ def test_the_loader_makes_float64_batches_on_every_backend(backend):
 # -- the data flags ---------------------------------------------------------------------------------
 def test_download_and_extra_through_the_cli(tmp_path, capsys, monkeypatch):
     """--download fetches (from a local server) and verifies the files; --extra adds extra_32x32.mat."""
-    import training.download
+    import training.data.download
     from test_download import Server
 
     source = write_svhn_folder(tmp_path / "source", (("train", 48), ("test", 16), ("extra", 32)))
     files = {path.name: path.read_bytes() for path in source.iterdir()}
-    table = {split: training.download.RemoteFile(name, len(data), training.download.hashlib.sha256(data).hexdigest())
+    table = {split: training.data.download.RemoteFile(name, len(data), training.data.download.hashlib.sha256(data).hexdigest())
              for split, name, data in ((name.split("_")[0], name, data) for name, data in files.items())}
     server = Server(files)
     try:
-        monkeypatch.setattr(training.download, "download_svhn",
-                            functools.partial(training.download.download_svhn, checksums=table, base_url=server.url,
+        monkeypatch.setattr(training.data.download, "download_svhn",
+                            functools.partial(training.data.download.download_svhn, checksums=table, base_url=server.url,
                                               progress=False))
         data, out = tmp_path / "svhn", tmp_path / "run"
         argv = [flag for flag in SVHN_RUN if flag != "--quiet"] + ["--data-dir", str(data), "--download", "--extra",
@@ -170,13 +170,13 @@ def test_evaluate_reads_only_the_test_split(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert json.loads(stdout)["accuracy"] == pytest.approx(load_checkpoint(out / "checkpoint.npz").history[0]["test_acc"])
 
-    import training.synthetic
+    import training.data.synthetic
 
     synthetic = tmp_path / "synthetic"
     assert run(TINY + ["--epochs", "1", "--out", str(synthetic)], capsys)[0] == 0
     monkeypatch.setenv("XPNET_CACHE", str(tmp_path / "empty-cache"))  # nothing cached: the images are made anew
-    generated, generate = [], training.synthetic.generate
-    monkeypatch.setattr(training.synthetic, "generate", lambda n, seed, stream: generated.append((n, stream)) or
+    generated, generate = [], training.data.synthetic.generate
+    monkeypatch.setattr(training.data.synthetic, "generate", lambda n, seed, stream: generated.append((n, stream)) or
                         generate(n, seed, stream))
     code, stdout, err = run(["--evaluate", str(synthetic / "best.npz"), "--device", "cpu", "--quiet"], capsys)
     assert code == 0, err
@@ -293,7 +293,7 @@ def test_an_unreadable_mat_file_is_named_and_not_called_corrupt(tmp_path, capsys
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("training.data.open", no_permission, raising=False)
+    monkeypatch.setattr("training.data.svhn.open", no_permission, raising=False)
     code, _, err = run(["--dataset", "svhn", "--data-dir", str(data), "--device", "cpu", "--quiet"], capsys)
     assert code == 2
     assert one_error_line(err) == (f"error: cannot read {data / 'train_32x32.mat'}: Permission denied; make it readable, "

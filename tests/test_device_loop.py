@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import data_loader
-from training.data_loader import DataLoader
+from training.data import loader as data_loader
+from training.data.loader import DataLoader
 from training.tally import CorrectCount, Tally
 
 MEAN, STD = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.3, 0.25])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from training.data import read_svhn_mat, write_svhn_mat
-from training.download import RemoteFile, download_svhn, file_sha256
+from training.data.download import RemoteFile, download_svhn, file_sha256
 from training.errors import DownloadError
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.augment import RandomShift, shift_reference
+from training.data.augment import RandomShift, shift_reference
 from training.errors import DataError
 from training.schedules import SCHEDULES, make_schedule
 

@@ -57,7 +57,7 @@ def test_lnet_learns_separable_data(backend, rng):
 def test_learning_on_synthetic_digits(tmp_path, monkeypatch):
     """The embedded default data set: a short LNet run learns far above 10 %."""
     monkeypatch.setenv("XPNET_CACHE", str(tmp_path))
-    from training.synthetic import make_synthetic
+    from training.data.synthetic import make_synthetic
 
     train, test = make_synthetic(3000, 500, seed=0)
     backend = get_backend("cpu")
