@@ -49,17 +49,18 @@ def check_mat_v5(path: Path, f, *, read: tuple[str, ...], if_corrupt: str, if_no
     The DataError raised ends with ``if_corrupt`` (what to do about a corrupt file) or, for a
     variable in ``read`` that holds no numbers, with ``if_not_numbers``.
 
-    Returns the names of the variables, or None for a file that is not v5 (v4 files have no
-    header, and scipy reads them in plain Python; v7.3 files it refuses itself).
+    Returns the names of the variables, or None for a file that scipy does not read as v5
+    (v4 files have no header, and scipy reads them in plain Python; v7.3 files it refuses).
     """
     size = os.fstat(f.fileno()).st_size
     f.seek(0)
     header = f.read(128)
-    if len(header) < 128 or 0 in header[:4] or header[126:128] not in (b"IM", b"MI"):
+    # scipy's own test (scipy.io.matlab._miobase._get_matfile_version): v4 if one of the first
+    # four bytes is 0, else v5 if the version's major byte is 1 (byte 125 when byte 126 is "I",
+    # else byte 124), whatever the rest of the header; little-endian only for "IM".
+    if len(header) < 128 or 0 in header[:4] or header[125 if header[126] == ord("I") else 124] != 1:
         return None
     endian = "<" if header[126:128] == b"IM" else ">"
-    if struct.unpack(endian + "H", header[124:126])[0] != 0x0100:
-        return None
     read_names = {name.encode() for name in read}
     names = []
     position = 128
