@@ -17,7 +17,7 @@ import pytest
 import scipy.io
 
 import cli
-from cli_helpers import TINY, copy_run, finished_run, one_error_line, run, snapshot  # noqa: F401 (fixture)
+from helpers import TINY, copy_run, one_error_line, run
 from training.checkpoint import load_checkpoint
 from training.data import write_svhn_mat
 
@@ -80,24 +80,11 @@ def test_float64_trains_resumes_exactly_evaluates_and_predicts(tmp_path, capsys)
     assert code == 0 and stdout.startswith(f"{tmp_path / 'black.png'}: "), err
 
 
-def test_the_loader_makes_float64_batches_on_every_backend(backend):
-    """What --dtype float64 needs from DataLoader: batches of the model's dtype, the same numbers."""
-    from training.data import DataLoader
-
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8), np.arange(6)
-    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
-    expected = (images / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
-    x, _ = next(iter(DataLoader(images, labels, 6, backend, mean, std, shuffle=False, dtype="float64")))
-    assert backend.to_numpy(x).dtype == np.float64
-    np.testing.assert_allclose(backend.to_numpy(x), expected, rtol=1e-12, atol=1e-12)
-
-
 # -- the data flags ---------------------------------------------------------------------------------
 def test_download_and_extra_through_the_cli(tmp_path, capsys, monkeypatch):
     """--download fetches (from a local server) and verifies the files; --extra adds extra_32x32.mat."""
     import training.data.download
-    from test_download import Server
+    from helpers import Server
 
     source = write_svhn_folder(tmp_path / "source", (("train", 48), ("test", 16), ("extra", 32)))
     files = {path.name: path.read_bytes() for path in source.iterdir()}

@@ -17,8 +17,8 @@ import pytest
 import tqdm
 
 import cli
+from helpers import Server
 import training.data.download as download_module
-from test_download import Server
 from training.data import read_svhn_mat, write_svhn_mat
 from training.data.download import RemoteFile
 
