@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.data import synthetic
-from training.data import ImageSet
+from training.data import ImageSet, synthetic
 from training.data.synthetic import cache_path, default_cache_dir, generate, make_synthetic
 
 
