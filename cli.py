@@ -72,9 +72,9 @@ COMMAND_FLAGS = {
 # What each command imports before it starts, with stop signals deferred (see import_modules).
 COMMON_MODULES = ("numpy", "backends", "models", "training.checkpoint", "training.data", "training.run_folder")
 COMMAND_MODULES = {
-    "train": ("training.trainer", "training.synthetic", "training.optim", "training.download"),
-    "evaluate": ("training.trainer", "training.synthetic", "training.download"),
-    "predict": ("training.images", "PIL.Image", "PIL.ImageOps"),
+    "train": ("training.trainer", "training.data.synthetic", "training.optim", "training.data.download"),
+    "evaluate": ("training.trainer", "training.data.synthetic", "training.data.download"),
+    "predict": ("training.data.images", "PIL.Image", "PIL.ImageOps"),
 }
 SYNTHETIC_ONLY = ("train_size", "test_size")
 SVHN_ONLY = ("data_dir", "download", "extra")
@@ -444,7 +444,7 @@ def svhn_folder(config: dict, args: argparse.Namespace, checkpoint, splits) -> P
     """The SVHN folder, downloaded into with --download; a folder saved in a checkpoint is checked here."""
     data_dir = Path(config["data_dir"]).expanduser()
     if args.download:
-        from training.download import download_svhn
+        from training.data.download import download_svhn
 
         download_svhn(data_dir, splits=splits, progress=not args.quiet)
     elif checkpoint is not None and checkpoint.config.get("dataset") == "svhn" and args.data_dir is None and not data_dir.is_dir():
@@ -458,7 +458,7 @@ def svhn_folder(config: dict, args: argparse.Namespace, checkpoint, splits) -> P
 def load_training_data(config: dict, args: argparse.Namespace, log, checkpoint=None):
     """(train, test) ImageSets of the configured dataset."""
     if config["dataset"] == "synthetic":
-        from training.synthetic import make_synthetic
+        from training.data.synthetic import make_synthetic
 
         check_memory_for({"--train-size": config["train_size"], "--test-size": config["test_size"]})
         started = time.perf_counter()
@@ -480,7 +480,7 @@ def load_training_data(config: dict, args: argparse.Namespace, log, checkpoint=N
 def load_test_data(config: dict, args: argparse.Namespace, log, checkpoint):
     """Only the test split: all that evaluation needs."""
     if config["dataset"] == "synthetic":
-        from training.synthetic import make_synthetic_test
+        from training.data.synthetic import make_synthetic_test
 
         check_memory_for({"--test-size": config["test_size"]})
         n_train = checkpoint.config.get("train_size")  # to find the training run's cached set
@@ -633,7 +633,7 @@ def claim_output_folder(args: argparse.Namespace, config: dict, checkpoint):
 def prepared_trainer(args: argparse.Namespace, config: dict, checkpoint, folder, replaced: list[str], log):
     """Backend, data, model and optimizer: ``(trainer, train_loader, test_loader, start_epoch)`` ready to fit."""
     from models import build_model
-    from training.augment import RandomShift
+    from training.data.augment import RandomShift
     from training.data import DataLoader
     from training.trainer import Trainer
 
@@ -774,7 +774,7 @@ def predict(args: argparse.Namespace, log) -> int:
     """The three likeliest digits of each image, with their probabilities."""
     import numpy as np
 
-    from training.images import read_image
+    from training.data.images import read_image
 
     checkpoint = checked_checkpoint(args.checkpoint, "predict", args)
     config = settings(args, checkpoint, used=PREDICTION_SETTINGS)

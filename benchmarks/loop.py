@@ -44,7 +44,7 @@ def xpnet_loop(model_name: str, device: str, batch_size: int, images, labels, ep
     """Examples/s of Trainer's last epoch."""
     from backends import get_backend
     from models import build_model
-    from training.data_loader import DataLoader, channel_stats
+    from training.data.loader import DataLoader, channel_stats
     from training.optim import Adam
     from training.trainer import Trainer
 

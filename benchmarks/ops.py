@@ -102,11 +102,11 @@ def _trainer_step(model, backend, batch_size: int, rng):
     """One batch of Trainer._train_epoch, with a device-resident loader, as on cuda."""
     import numpy as np
 
-    from training.data_loader import DataLoader
+    from training.data.loader import DataLoader
     from training.optim import Adam
     from training.trainer import Trainer
 
-    from training.augment import RandomShift
+    from training.data.augment import RandomShift
     from training.schedules import make_schedule
 
     images = rng.integers(0, 256, size=(3 * batch_size, *model.input_shape), dtype=np.uint8)

@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks.torch_models import build_torch_model
-    from training.augment import RandomShift
+    from training.data.augment import RandomShift
     from training.data import DataLoader, channel_stats, load_svhn
 
     if args.threads:

@@ -1,22 +1,16 @@
-"""Shared fixtures: every test that computes runs on each backend this machine has."""
+"""The fixtures that more than one test file uses; pytest finds them here. Helpers are in helpers.py.
+
+Every test that computes runs on each backend this machine has (the ``backend`` fixture).
+"""
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from backends import BackendUnavailableError, get_backend
-
-ALL_BACKENDS = ("cpu", "strict", "cuda")
-
-# Tolerances against the cpu float64 result, per dtype (relative to the result's scale).
-TOLERANCE = {"float64": 1e-10, "float32": 2e-5}
-
-
-def backend_or_skip(name: str):
-    try:
-        return get_backend(name)
-    except BackendUnavailableError as exc:
-        pytest.skip(f"{name} backend unavailable: {exc}")
+from helpers import ALL_BACKENDS, TINY, backend_or_skip, patch_images, run_quietly
+from training.data import write_svhn_mat
 
 
 @pytest.fixture(params=ALL_BACKENDS)
@@ -35,17 +29,35 @@ def rng():
     return np.random.default_rng(1234)
 
 
-def assert_close(actual, expected, dtype: str, what: str = "") -> None:
-    """``actual`` (NumPy) matches ``expected`` (NumPy float64) within the dtype's tolerance."""
-    actual = np.asarray(actual, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1e-3)
-    error = float(np.max(np.abs(actual - expected), initial=0.0)) / scale
-    assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.3g} > {TOLERANCE[dtype]} ({dtype})"
-
-
 @pytest.fixture
 def private_cache(tmp_path, monkeypatch):
     """Synthetic data cached in this test's own folder, never in ~/.cache."""
     monkeypatch.setenv("XPNET_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished 2-epoch TINY run's folder (never modify it: copy it with copy_run)."""
+    folder = tmp_path_factory.mktemp("finished") / "run"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XPNET_CACHE", str(tmp_path_factory.mktemp("cache")))
+        code, _, err = run_quietly(TINY + ["--epochs", "2", "--out", str(folder)])
+    assert code == 0, err
+    return folder
+
+
+@pytest.fixture(scope="module")
+def svhn_patches(tmp_path_factory):
+    """SVHN-format files: 96 training images, 40 test images of other patches (helpers.patch_images).
+
+    Returns (the folder, {"train": (images, labels), "test": (images, labels)}).
+    """
+    root = tmp_path_factory.mktemp("svhn")
+    rng = np.random.default_rng(11)
+    arrays = {}
+    for split, n in (("train", 96), ("test", 40)):
+        labels = rng.integers(0, 10, n)
+        images = patch_images(labels, rng)
+        write_svhn_mat(root / f"{split}_32x32.mat", images, labels)
+        arrays[split] = (images, labels)
+    return root, arrays

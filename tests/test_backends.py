@@ -1,13 +1,17 @@
 """Backends: names, host/device round trips, and the batch-splitting hook."""
 from __future__ import annotations
 
+import builtins
 import threading
+import types
 
 import numpy as np
 import pytest
 
-from backends import available_backends, get_backend
+from backends import available_backends, get_backend, registry
 from backends.base import cpu_threads
+from helpers import SMALL, one_error_line, run
+from training.checkpoint import load_checkpoint
 
 
 def test_names_and_round_trip(backend):
@@ -59,3 +63,86 @@ def test_map_slices_splits_only_work_worth_a_thread(monkeypatch):
     assert parts(work=1e6) == [slice(0, 100)]  # far below MIN_WORK_PER_THREAD
     assert parts(work=1e12) == [slice(0, 50), slice(50, 100)]
     assert cpu.map_slices(lambda part: part, 20) == [slice(0, 20)]  # fewer than 2 x 16 rows
+
+
+class CUDARuntimeError(RuntimeError):
+    """Stands in for cupy_backends.cuda.api.runtime.CUDARuntimeError."""
+
+
+def _fake_cupy(device_count):
+    def get_device_count():
+        if isinstance(device_count, Exception):
+            raise device_count
+        return device_count
+
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count)))
+
+
+CUPY_BANNER = """
+================================================================
+Failed to import CuPy.
+
+If you installed CuPy via wheels (cupy-cudaXXX or cupy-rocm-X-X), make sure that the package matches with the version of CUDA or ROCm installed.
+
+Original error:
+  ImportError: libcudart.so.12: cannot open shared object file: No such file or directory
+================================================================
+"""
+
+
+CUDA_FAULTS = {
+    "no-cupy": (ModuleNotFoundError("No module named 'cupy'", name="cupy"),
+                ["needs CuPy, which is not installed", 'pip install ".[cuda12]"', "--device cpu"]),
+    "broken-cupy": (ImportError(CUPY_BANNER),
+                    ["CuPy is installed but failed to import (ImportError: libcudart.so.12: cannot open shared object file",
+                     "reinstall the CuPy wheel that matches your CUDA driver"]),
+    "no-gpu": (_fake_cupy(0), ["no NVIDIA GPU was found", "--device cpu"]),
+    "broken-driver": (_fake_cupy(CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")),
+                      ["the CUDA driver could not be used (CUDARuntimeError: cudaErrorInsufficientDriver", "nvidia-smi"]),
+}
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """Make ``import cupy`` raise or return a stand-in; the cached cuda backend is forgotten."""
+    real_import = builtins.__import__
+
+    def install(fault):
+        def importer(name, globals=None, locals=None, fromlist=(), level=0):
+            if name == "cupy" or name.startswith("cupy."):
+                if isinstance(fault, BaseException):
+                    raise fault
+                return fault
+            return real_import(name, globals, locals, fromlist, level)
+
+        monkeypatch.setattr(builtins, "__import__", importer)
+        registry._cuda.cache_clear()
+
+    yield install
+    registry._cuda.cache_clear()
+
+
+@pytest.mark.usefixtures("private_cache")
+@pytest.mark.parametrize("fault", list(CUDA_FAULTS))
+def test_cuda_unavailable_is_one_line_naming_the_cause(fault, fake_cuda, capsys):
+    cause, phrases = CUDA_FAULTS[fault]
+    fake_cuda(cause)
+    code, _, err = run(SMALL[2:] + ["--device", "cuda", "--epochs", "1"], capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert line.startswith("error: device 'cuda'")
+    for phrase in phrases:
+        assert phrase in line
+
+
+@pytest.mark.usefixtures("private_cache")
+@pytest.mark.parametrize("fault", ["no-cupy", "broken-driver"])
+def test_auto_falls_back_to_cpu_with_a_notice(fault, fake_cuda, tmp_path, capsys):
+    cause, phrases = CUDA_FAULTS[fault]
+    fake_cuda(cause)
+    out = tmp_path / "run"
+    code, stdout, err = run([a for a in SMALL if a != "--quiet"][2:] + ["--device", "auto", "--epochs", "1", "--out", str(out)], capsys)
+    assert code == 0, err
+    notice = [line for line in stdout.splitlines() if line.startswith("note: --device auto is using the cpu")]
+    assert len(notice) == 1 and phrases[0] in notice[0]
+    assert load_checkpoint(out / "checkpoint.npz").config["device"] == "cpu"

@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli_helpers import copy_run, finished_run, one_error_line, run  # noqa: F401 (fixture)
+import cli
+from backends import get_backend
+from helpers import copy_run, one_error_line, run
+from models import build_model
+from training.checkpoint import save_checkpoint
+
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -103,3 +108,20 @@ def test_outputs_that_overflow_are_an_error_not_nan_percent(command, tmp_path, c
     assert code == 2 and "nan" not in stdout.lower()
     line = one_error_line(err)
     assert "overflow" in line and "use another one" in line
+
+
+@pytest.mark.parametrize("mode", ["evaluate", "predict"])
+def test_checkpoint_without_normalisation_statistics_is_a_clear_error(svhn_patches, tmp_path, capsys, mode):
+    root, _ = svhn_patches
+    path = save_checkpoint(tmp_path / "bare.npz", build_model("mlp"), epoch=1, backend=get_backend("cpu"),
+                           config={"model": "mlp", "dataset": "svhn", "data_dir": str(root)})
+    image = tmp_path / "digit.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    argv = ["--evaluate", str(path)] if mode == "evaluate" else ["--predict", str(image), "--checkpoint", str(path)]
+    code = cli.main(argv + ["--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err == f"error: {path} has no normalisation statistics; it was not written by cli.py training\n"
+    assert "{" not in captured.out  # no result was printed

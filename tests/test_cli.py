@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import cli
-import reference_nets
-from cli_helpers import SMALL, run
+from helpers import SMALL, ambiguous, one_error_line, reference_channel_stats, reference_cross_entropy, reference_forward, reference_normalise, reference_softmax, run
 from training.checkpoint import load_checkpoint
 
 
@@ -82,6 +81,21 @@ def test_resume_refuses_a_hand_edited_config(tmp_path, capsys, name, value, mess
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_resume_with_a_smaller_lr_uses_it(tmp_path, capsys):
+    """After a divergence the advice is a smaller --lr: a resumed run must use it, not the saved one."""
+    out = tmp_path / "run"
+    assert run(SMALL + ["--optimizer", "sgd", "--lr", "0.05", "--epochs", "1", "--out", str(out)], capsys)[0] == 0
+    resume = ["--resume", str(out / "checkpoint.npz"), "--device", "cpu", "--quiet"]
+    code, _, err = run(resume + ["--epochs", "2", "--lr", "0.001", "--weight-decay", "0.0001"], capsys)
+    assert code == 0, err
+    checkpoint = load_checkpoint(out / "checkpoint.npz")
+    assert checkpoint.meta["optimizer"]["hyper"]["lr"] == checkpoint.config["lr"] == 0.001
+    assert checkpoint.meta["optimizer"]["hyper"]["weight_decay"] == 0.0001
+    assert checkpoint.meta["optimizer"]["hyper"]["momentum"] == 0.9
+    code, _, err = run(resume + ["--epochs", "3", "--momentum", "0.5"], capsys)
+    assert code == 2 and "trained with --momentum 0.9; momentum cannot change when resuming" in one_error_line(err)
+
+
 def test_evaluate_and_predict(tmp_path, capsys):
     from PIL import Image
 
@@ -91,15 +105,15 @@ def test_evaluate_and_predict(tmp_path, capsys):
     assert code == 0, err
     result = json.loads(stdout.strip().splitlines()[-1])
     # Recomputed here from the saved weights, not read from metrics.json (which the same code wrote).
-    from training.synthetic import make_synthetic
+    from training.data.synthetic import make_synthetic
 
     train, test = make_synthetic(160, 64, seed=0)
-    mean, std = reference_nets.channel_stats(train.images)
+    mean, std = reference_channel_stats(train.images)
     params = load_checkpoint(out / "best.npz").params
-    logits = reference_nets.forward("mlp", params, reference_nets.normalise(test.images, mean, std))
-    unsure = reference_nets.ambiguous(logits).mean()
+    logits = reference_forward("mlp", params, reference_normalise(test.images, mean, std))
+    unsure = ambiguous(logits).mean()
     assert abs(result["accuracy"] - np.mean(logits.argmax(axis=1) == test.labels)) <= unsure + 1e-12
-    assert result["loss"] == pytest.approx(reference_nets.cross_entropy(logits, test.labels), rel=1e-5)
+    assert result["loss"] == pytest.approx(reference_cross_entropy(logits, test.labels), rel=1e-5)
     assert "per-class accuracy: 0:" in stdout
 
     rng = np.random.default_rng(0)
@@ -113,7 +127,7 @@ def test_evaluate_and_predict(tmp_path, capsys):
     with Image.open(tmp_path / "b.jpg") as jpeg:  # what a 32x32 model sees of the JPEG: decoded, resized
         resized = np.asarray(jpeg.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC))
     images = np.stack([pixels, resized]).transpose(0, 3, 1, 2)
-    probabilities = reference_nets.softmax(reference_nets.forward("mlp", params, reference_nets.normalise(images, mean, std)))
+    probabilities = reference_softmax(reference_forward("mlp", params, reference_normalise(images, mean, std)))
     for line, expected in zip(lines, probabilities, strict=True):
         shown = [(int(part[0]), float(part.split("(")[1].rstrip("%)"))) for part in line.split(": ", 1)[1].split(", ")]
         assert [digit for digit, _ in shown] == np.argsort(-expected, kind="stable")[:3].tolist()
@@ -188,6 +202,21 @@ def test_user_errors_are_one_line(argv, message, capsys):
     code, _, err = run(argv, capsys)
     assert code == 2
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("missing", ["image", "checkpoint", "resume"])
+def test_missing_files_are_one_line_errors(tmp_path, capsys, missing):
+    out = tmp_path / "run"
+    if missing == "image":
+        assert run(SMALL + ["--epochs", "1", "--out", str(out)], capsys)[0] == 0
+        argv, phrase = ["--predict", str(tmp_path / "nope.png"), "--checkpoint", str(out / "best.npz")], "does not exist"
+    elif missing == "checkpoint":
+        (tmp_path / "a.png").write_bytes(b"")
+        argv, phrase = ["--predict", str(tmp_path / "a.png"), "--checkpoint", str(tmp_path / "nope.npz")], "does not exist"
+    else:
+        argv, phrase = ["--resume", str(tmp_path / "nope.npz"), "--epochs", "2"], "does not exist"
+    code, _, err = run(argv + ["--device", "cpu"], capsys)
+    assert code == 2 and phrase in one_error_line(err)
 
 
 def test_unreadable_image_and_wrong_checkpoint(tmp_path, capsys):

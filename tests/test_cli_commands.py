@@ -17,7 +17,7 @@ import pytest
 import scipy.io
 
 import cli
-from cli_helpers import TINY, copy_run, finished_run, one_error_line, run, snapshot  # noqa: F401 (fixture)
+from helpers import TINY, copy_run, one_error_line, run
 from training.checkpoint import load_checkpoint
 from training.data import write_svhn_mat
 
@@ -83,33 +83,20 @@ def test_float64_trains_resumes_exactly_evaluates_and_predicts(tmp_path, capsys)
     assert code == 0 and stdout.startswith(f"{tmp_path / 'black.png'}: "), err
 
 
-def test_the_loader_makes_float64_batches_on_every_backend(backend):
-    """What --dtype float64 needs from DataLoader: batches of the model's dtype, the same numbers."""
-    from training.data import DataLoader
-
-    rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8), np.arange(6)
-    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
-    expected = (images / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
-    x, _ = next(iter(DataLoader(images, labels, 6, backend, mean, std, shuffle=False, dtype="float64")))
-    assert backend.to_numpy(x).dtype == np.float64
-    np.testing.assert_allclose(backend.to_numpy(x), expected, rtol=1e-12, atol=1e-12)
-
-
 # -- the data flags ---------------------------------------------------------------------------------
 def test_download_and_extra_through_the_cli(tmp_path, capsys, monkeypatch):
     """--download fetches (from a local server) and verifies the files; --extra adds extra_32x32.mat."""
-    import training.download
-    from test_download import Server
+    import training.data.download
+    from helpers import Server
 
     source = write_svhn_folder(tmp_path / "source", (("train", 48), ("test", 16), ("extra", 32)))
     files = {path.name: path.read_bytes() for path in source.iterdir()}
-    table = {split: training.download.RemoteFile(name, len(data), training.download.hashlib.sha256(data).hexdigest())
+    table = {split: training.data.download.RemoteFile(name, len(data), training.data.download.hashlib.sha256(data).hexdigest())
              for split, name, data in ((name.split("_")[0], name, data) for name, data in files.items())}
     server = Server(files)
     try:
-        monkeypatch.setattr(training.download, "download_svhn",
-                            functools.partial(training.download.download_svhn, checksums=table, base_url=server.url,
+        monkeypatch.setattr(training.data.download, "download_svhn",
+                            functools.partial(training.data.download.download_svhn, checksums=table, base_url=server.url,
                                               progress=False))
         data, out = tmp_path / "svhn", tmp_path / "run"
         argv = [flag for flag in SVHN_RUN if flag != "--quiet"] + ["--data-dir", str(data), "--download", "--extra",
@@ -173,13 +160,13 @@ def test_evaluate_reads_only_the_test_split(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert json.loads(stdout)["accuracy"] == pytest.approx(load_checkpoint(out / "checkpoint.npz").history[0]["test_acc"])
 
-    import training.synthetic
+    import training.data.synthetic
 
     synthetic = tmp_path / "synthetic"
     assert run(TINY + ["--epochs", "1", "--out", str(synthetic)], capsys)[0] == 0
     monkeypatch.setenv("XPNET_CACHE", str(tmp_path / "empty-cache"))  # nothing cached: the images are made anew
-    generated, generate = [], training.synthetic.generate
-    monkeypatch.setattr(training.synthetic, "generate", lambda n, seed, stream: generated.append((n, stream)) or
+    generated, generate = [], training.data.synthetic.generate
+    monkeypatch.setattr(training.data.synthetic, "generate", lambda n, seed, stream: generated.append((n, stream)) or
                         generate(n, seed, stream))
     code, stdout, err = run(["--evaluate", str(synthetic / "best.npz"), "--device", "cpu", "--quiet"], capsys)
     assert code == 0, err
@@ -296,7 +283,7 @@ def test_an_unreadable_mat_file_is_named_and_not_called_corrupt(tmp_path, capsys
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("training.data.open", no_permission, raising=False)
+    monkeypatch.setattr("training.data.svhn.open", no_permission, raising=False)
     code, _, err = run(["--dataset", "svhn", "--data-dir", str(data), "--device", "cpu", "--quiet"], capsys)
     assert code == 2
     assert one_error_line(err) == (f"error: cannot read {data / 'train_32x32.mat'}: Permission denied; make it readable, "

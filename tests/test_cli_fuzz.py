@@ -14,6 +14,7 @@ import io
 import shutil
 import signal
 import tempfile
+from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import cli
-from cli_helpers import TINY, finished_run, snapshot  # noqa: F401 (fixture)
+from helpers import snapshot
 from training.data import write_svhn_mat
 
 RUN_FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "filters.png", "metrics.json", "mistakes.png"]
@@ -187,3 +188,27 @@ def _main(argv) -> tuple[int | str, str, str]:
             assert exc.code == 2, (argv, exc.code)
             code = "usage"
     return code, out.getvalue(), err.getvalue()
+
+
+def _parse_quietly(argv):
+    with contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return cli.parse_args(argv)
+        except SystemExit as exc:
+            assert exc.code == 2
+            return None
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=12) | st.from_regex(r"-?[0-9]{0,3}(\.[0-9]{0,3})?(e-?[0-9]{1,3})?", fullmatch=True))
+def test_any_number_flag_text_is_accepted_or_a_usage_error(text):
+    """Whatever follows --lr/--epochs/--seed: a valid value, or exit code 2; never a traceback."""
+    args = _parse_quietly([f"--lr={text}", "--momentum=0"])
+    if args is not None:
+        assert 0 < args.lr < float("inf") and args.lr == float(text)
+    args = _parse_quietly([f"--epochs={text}", f"--batch-size={text}"])
+    if args is not None:  # a whole number, also one written with an exponent ("2e4")
+        assert args.epochs == args.batch_size == Decimal(text) >= 1
+    args = _parse_quietly([f"--seed={text}"])
+    if args is not None:
+        assert args.seed == Decimal(text) >= 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cli
-from cli_helpers import SMALL, run
+from helpers import SMALL, run
 from training.checkpoint import load_checkpoint
 from training.trainer import Trainer
 

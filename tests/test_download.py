@@ -2,79 +2,15 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import socket
-import threading
-import time
 
 import numpy as np
 import pytest
 
+from helpers import Server
 from training.data import read_svhn_mat, write_svhn_mat
-from training.download import RemoteFile, download_svhn, file_sha256
+from training.data.download import RemoteFile, download_svhn, file_sha256
 from training.errors import DownloadError
-
-
-class Server:
-    """A ThreadingHTTPServer on 127.0.0.1 serving ``files`` with Range support.
-
-    ``mode`` changes its behaviour: "ok"; "half" (sends half the body, then closes);
-    "no-range" (ignores Range, always 200); "error" (500); "slow" (sleeps before answering).
-    """
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = files
-        self.mode = "ok"
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                try:
-                    self._get()
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
-                    pass
-
-            def _get(self):
-                server.requests.append((self.path, self.headers.get("Range")))
-                name = self.path.rsplit("/", 1)[-1]
-                if server.mode == "slow":
-                    time.sleep(1.0)
-                if server.mode == "error":
-                    return self.send_error(500, "broken on purpose")
-                if name not in server.files:
-                    return self.send_error(404)
-                body, start = server.files[name], 0
-                range_header = self.headers.get("Range")
-                if range_header and server.mode != "no-range":
-                    start = int(range_header.removeprefix("bytes=").split("-")[0])
-                    if start >= len(body):
-                        return self.send_error(416)
-                    self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                if server.mode == "half":
-                    self.wfile.write(body[start : start + (len(body) - start) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body[start:])
-
-            def log_message(self, *args):  # keep the test output quiet
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/housenumbers/"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 verification, one clear error for a bad file (which is not kept), and resuming a download
 that was cut off or interrupted.
 
-The CLI calls ``training.download.download_svhn`` with the official checksum table and
+The CLI calls ``training.data.download.download_svhn`` with the official checksum table and
 address; the tests put the small files' checksums into that table and point the address
 at the local server, and change nothing else.
 """
@@ -17,10 +17,10 @@ import pytest
 import tqdm
 
 import cli
-import training.download as download_module
-from test_download import Server
+from helpers import Server
+import training.data.download as download_module
 from training.data import read_svhn_mat, write_svhn_mat
-from training.download import RemoteFile
+from training.data.download import RemoteFile
 
 NAMES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 

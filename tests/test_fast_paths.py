@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from backends import get_backend
-from conftest import backend_or_skip
+from helpers import backend_or_skip, reference_conv2d, reference_maxpool
 from layers import Conv2D, CrossEntropyLoss, MaxPool2D, ReLU
 from layers.conv import conv2d_backward_reference, conv2d_reference
 from layers.loss import cross_entropy_reference
 from layers.pool import maxpool_backward_reference, maxpool_reference
-from test_layers import reference_conv2d, reference_maxpool
 
 # (backend name, the policy imposed): each engine on each backend that can run it
 POLICIES = {

@@ -1,14 +1,14 @@
-"""Every backward pass against central finite differences, in float64, on every backend."""
+"""Every backward pass against central finite differences, in float64, on every backend: each layer,
+a small network of all of them, and the models with the loss (BatchNorm and Dropout: in test_batchnorm.py
+and test_dropout.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gradcheck import numerical_gradient, relative_error
-from layers import Conv2D, CrossEntropyLoss, Flatten, Linear, MaxPool2D, ReLU, Sequential, Softmax
+from helpers import MAX_RELATIVE_ERROR, check_layer, numerical_gradient, relative_error
+from layers import Conv2D, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2D, ReLU, Sequential, Softmax
 from models import build_model
-
-MAX_RELATIVE_ERROR = 1e-7
 
 
 def tie_free(rng, shape, gap=0.01):
@@ -16,35 +16,6 @@ def tie_free(rng, shape, gap=0.01):
     count = int(np.prod(shape))
     values = (np.arange(count) - count / 2 + 0.5) * gap
     return rng.permutation(values).reshape(shape)
-
-
-def check_layer(layer, x_host, backend, rng, parameter_indices=None, input_grad=True):
-    """Compare dx and every parameter gradient with finite differences of sum(y · R)."""
-    layer.to(backend, "float64")
-    y_shape = backend.to_numpy(layer.forward(backend.asarray(x_host))).shape
-    weights = rng.standard_normal(y_shape)
-    host_params = [backend.to_numpy(p.data).astype(np.float64) for p in layer.parameters()]
-
-    def objective() -> float:
-        for parameter, host in zip(layer.parameters(), host_params):
-            parameter.data = backend.asarray(host)
-        y = backend.to_numpy(layer.forward(backend.asarray(x_host)))
-        return float(np.sum(y * weights))
-
-    objective()
-    dx = layer.backward(backend.asarray(weights))
-    analytic_params = [backend.to_numpy(p.grad) for p in layer.parameters()]
-    if input_grad:
-        numeric = numerical_gradient(objective, x_host)
-        error = relative_error(backend.to_numpy(dx), numeric)
-        assert error < MAX_RELATIVE_ERROR, f"{layer!r} dx: relative error {error:.2e}"
-    for parameter, host, analytic in zip(layer.parameters(), host_params, analytic_params):
-        indices = None
-        if parameter_indices is not None and host.size > parameter_indices:
-            indices = rng.choice(host.size, parameter_indices, replace=False)
-        numeric = numerical_gradient(objective, host, indices=indices)
-        error = relative_error(analytic, numeric)
-        assert error < MAX_RELATIVE_ERROR, f"{layer!r} d{parameter.name or 'param'}: relative error {error:.2e}"
 
 
 CONV_CASES = [
@@ -156,3 +127,29 @@ def test_model_gradients_with_loss(backend, rng, name):
         numeric = numerical_gradient(objective, host, indices=indices)
         error = relative_error(analytic, numeric)
         assert error < MAX_RELATIVE_ERROR, f"{name} {parameter.name}: relative error {error:.2e}"
+
+
+def dropout_steps(model):
+    return [layer for layer in getattr(model, "layers", [model]) if isinstance(layer, Dropout)]
+
+
+def test_cnn_gradients_with_loss(backend, rng):
+    """The whole cnn and the loss, sampled entries of every parameter, dropout masks held fixed."""
+    model = build_model("cnn", seed=3).to(backend, "float64")
+    images, labels = rng.standard_normal((2, 3, 32, 32)), backend.asarray(np.array([1, 7]))
+    loss = CrossEntropyLoss()
+    host_params = [backend.to_numpy(p.data).copy() for p in model.parameters()]
+
+    def objective() -> float:
+        for parameter, host in zip(model.parameters(), host_params):
+            parameter.data = backend.asarray(host)
+        for layer in dropout_steps(model):
+            layer.step = 0
+        return float(backend.to_numpy(loss.forward(model.forward(backend.asarray(images)), labels)))
+
+    objective()
+    model.backward(loss.backward(), input_grad=False)
+    for parameter, host in zip(model.parameters(), host_params):
+        indices = rng.choice(host.size, min(host.size, 4), replace=False)
+        error = relative_error(backend.to_numpy(parameter.grad), numerical_gradient(objective, host, indices=indices))
+        assert error < MAX_RELATIVE_ERROR, f"cnn {parameter.name}: relative error {error:.2e}"

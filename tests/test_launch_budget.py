@@ -16,7 +16,7 @@ from benchmarks import ops
 
 @pytest.fixture
 def strict():
-    from conftest import backend_or_skip
+    from helpers import backend_or_skip
 
     return backend_or_skip("strict")
 

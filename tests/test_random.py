@@ -77,7 +77,7 @@ def test_distributions():
 
 def test_a_draw_is_two_operations_and_no_transfer():
     """On a GPU a draw is the key's one-element fill and one fused kernel (the index table is made once)."""
-    from conftest import backend_or_skip
+    from helpers import backend_or_skip
 
     strict = backend_or_skip("strict")
     rng = device_random(strict)

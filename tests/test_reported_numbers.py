@@ -11,7 +11,7 @@ One run of the command line, shared by the tests of this module (a few seconds):
 
 Each epoch's checkpoint is copied as it is written (the trainer's ``save_checkpoint`` is
 wrapped, not changed), so every row of the history can be recomputed from its own weights:
-test loss and accuracy by a plain NumPy forward pass (tests/reference_nets.py), train loss
+test loss and accuracy by a plain NumPy forward pass (helpers.reference_forward), train loss
 (weighted by batch size) and accuracy by replaying the epoch's SGD steps in NumPy, the
 confusion matrix and per-class accuracy by a hand count, best_epoch from the recomputed
 accuracies. --evaluate and --predict are checked against the same forward pass.
@@ -23,8 +23,6 @@ pick the other one.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import shutil
@@ -35,31 +33,19 @@ import numpy as np
 import pytest
 
 import cli
-import reference_nets as ref
 import training.trainer as trainer_module
-from training.checkpoint import load_checkpoint
+from backends import get_backend
+from helpers import (PARAMETER_ORDER, ambiguous, call_cli, evaluated, patch_images, reference_channel_stats,
+                     reference_confusion, reference_cross_entropy, reference_forward, reference_loss_and_gradients,
+                     reference_normalise, reference_softmax, svhn_flags)
+from models import build_model
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data import write_svhn_mat
 
 MODEL = "mlp"
 BATCH, LR, RESUME_LR, MOMENTUM, SEED = 32, 0.01, 0.03, 0.9, 0
 N_TRAIN, N_TEST = 330, 700  # 330 = 10 batches of 32 and one of 10: unequal batch weights
 RTOL = 1e-5
-
-
-def patch_images(labels: np.ndarray, rng, brighter: int = 0) -> np.ndarray:
-    """Noise images whose class is a brighter 6x5 patch at one of ten places."""
-    images = rng.integers(0, 160, size=(len(labels), 3, 32, 32)).astype(np.int64) + brighter
-    for digit in range(10):
-        row, column = 4 + 12 * (digit // 5), 2 + 6 * (digit % 5)
-        images[labels == digit, :, row:row + 6, column:column + 5] += 40
-    return np.clip(images, 0, 255).astype(np.uint8)
-
-
-def call_cli(argv: list[str]) -> SimpleNamespace:
-    stdout, stderr = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        code = cli.main(argv)
-    return SimpleNamespace(code=code, out=stdout.getvalue(), err=stderr.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +63,12 @@ def data(tmp_path_factory):
         folder.mkdir()
         write_svhn_mat(folder / "train_32x32.mat", images, labels)
         write_svhn_mat(folder / "test_32x32.mat", test_images, test_labels)
-    mean, std = ref.channel_stats(train_images)
+    mean, std = reference_channel_stats(train_images)
     return SimpleNamespace(
         root=root, first=first, second=second, test_images=test_images, test_labels=test_labels,
         train=[(train_images, train_labels), (train_images, train_labels), (brighter_images, shifted_labels)],
-        lrs=[LR, LR, RESUME_LR], mean=mean, std=std, test_x=ref.normalise(test_images, mean, std),
-        second_mean=ref.channel_stats(brighter_images)[0],
+        lrs=[LR, LR, RESUME_LR], mean=mean, std=std, test_x=reference_normalise(test_images, mean, std),
+        second_mean=reference_channel_stats(brighter_images)[0],
     )
 
 
@@ -116,10 +102,10 @@ def run(data):
 
 
 def recomputed_test(data, params) -> SimpleNamespace:
-    logits = ref.forward(MODEL, params, data.test_x)
+    logits = reference_forward(MODEL, params, data.test_x)
     predicted = logits.argmax(axis=1)
-    return SimpleNamespace(logits=logits, predicted=predicted, loss=ref.cross_entropy(logits, data.test_labels),
-                           accuracy=float(np.mean(predicted == data.test_labels)), unsure=int(ref.ambiguous(logits).sum()))
+    return SimpleNamespace(logits=logits, predicted=predicted, loss=reference_cross_entropy(logits, data.test_labels),
+                           accuracy=float(np.mean(predicted == data.test_labels)), unsure=int(ambiguous(logits).sum()))
 
 
 def assert_accuracy(reported: float, expected: SimpleNamespace, n: int, what: str) -> None:
@@ -159,11 +145,11 @@ def replay_epoch(name, params, buffers, images, labels, mean, std, lr, epoch):
     loss_sum, correct, unsure = 0.0, 0, 0
     for start in range(0, len(order), BATCH):
         index = order[start:start + BATCH]
-        x, y = ref.normalise(images[index], mean, std), labels[index]
-        logits, loss, grads = ref.loss_and_gradients(name, params, x, y)
+        x, y = reference_normalise(images[index], mean, std), labels[index]
+        logits, loss, grads = reference_loss_and_gradients(name, params, x, y)
         loss_sum += loss * len(index)
         correct += int(np.sum(logits.argmax(axis=1) == y))
-        unsure += int(ref.ambiguous(logits).sum())
+        unsure += int(ambiguous(logits).sum())
         for key, grad in grads.items():
             buffers[key] = grad.copy() if key not in buffers else MOMENTUM * buffers[key] + grad
             params[key] = params[key] - lr * buffers[key]
@@ -171,7 +157,7 @@ def replay_epoch(name, params, buffers, images, labels, mean, std, lr, epoch):
 
 
 def momentum_buffers(checkpoint) -> dict:
-    names = ref.PARAMETER_ORDER[MODEL]
+    names = PARAMETER_ORDER[MODEL]
     assert list(checkpoint.meta["parameters"]) == names
     return {names[index]: entries["momentum_buffer"] for index, entries in checkpoint.optim.items()}
 
@@ -235,7 +221,7 @@ def test_epoch_lines_report_the_history(run):
 def test_confusion_matrix_and_per_class_accuracy(run, data, test_results):
     last = test_results[3]
     assert last.unsure == 0, "a near tie in the last evaluation: choose another seed for the data"
-    counts = ref.confusion(last.predicted, data.test_labels)
+    counts = reference_confusion(last.predicted, data.test_labels)
     assert (counts != counts.T).any()  # so a transposed matrix would not pass
     np.testing.assert_array_equal(np.array(run.metrics["confusion"]), counts)
     assert np.array(run.metrics["confusion"]).sum(axis=1).tolist() == np.bincount(data.test_labels, minlength=10).tolist()
@@ -266,7 +252,7 @@ def test_evaluate_reports_the_recomputed_numbers(run, data, test_results, which,
     pairs = re.findall(r"(\d): ([\d.]+)%", line)
     assert [int(digit) for digit, _ in pairs] == list(range(10)), line
     shown = [float(value) for _, value in pairs]
-    counts = ref.confusion(expected.predicted, data.test_labels)
+    counts = reference_confusion(expected.predicted, data.test_labels)
     np.testing.assert_allclose(shown, 100 * np.diag(counts) / counts.sum(axis=1), atol=0.05 + 1e-9)
 
 
@@ -284,7 +270,7 @@ def test_predict_reports_the_models_classes_and_probabilities(run, data, tmp_pat
     lines = [line for line in result.out.splitlines() if line.startswith(str(tmp_path))]
     assert len(lines) == len(paths)
     params = load_checkpoint(run.out / "best.npz").params
-    probabilities = ref.softmax(ref.forward(MODEL, params, data.test_x[picks]))
+    probabilities = reference_softmax(reference_forward(MODEL, params, data.test_x[picks]))
     for line, path, expected in zip(lines, paths, probabilities, strict=True):
         name, shown = line.split(": ", 1)
         assert name == path
@@ -295,3 +281,55 @@ def test_predict_reports_the_models_classes_and_probabilities(run, data, tmp_pat
             # The same class, unless two probabilities tie to within rounding.
             assert digit == want or abs(expected[digit] - expected[want]) < 1e-6, (line, expected)
             assert share == pytest.approx(100 * expected[digit], abs=0.05 + 1e-4)
+
+
+def test_float64_run_reports_the_numbers_of_its_float64_model(svhn_patches, tmp_path):
+    root, arrays = svhn_patches
+    out = tmp_path / "run"
+    result = call_cli(svhn_flags(root) + ["--dtype", "float64", "--epochs", "1", "--out", str(out)])
+    assert result.code == 0, result.err
+    checkpoint = load_checkpoint(out / "checkpoint.npz")
+    assert {array.dtype for array in checkpoint.params.values()} == {np.dtype(np.float64)}
+    mean, std = reference_channel_stats(arrays["train"][0])
+    loss, accuracy, unsure = evaluated(checkpoint.params, arrays, mean, std)
+    assert unsure == 0
+    row = checkpoint.history[-1]
+    assert row["test_loss"] == pytest.approx(loss, rel=1e-9) and row["test_acc"] == accuracy
+    evaluation = call_cli(["--evaluate", str(out / "checkpoint.npz"), "--device", "cpu"])
+    assert evaluation.code == 0, evaluation.err
+    reported = json.loads(evaluation.out.strip().splitlines()[-1])
+    assert reported["loss"] == pytest.approx(loss, rel=1e-9) and reported["accuracy"] == accuracy
+
+
+def test_predict_is_stable_for_very_large_logits(svhn_patches, tmp_path, capsys):
+    """Logits in the thousands (a last layer scaled by 3000) overflow a naive softmax, and two
+    images whose largest logits differ by hundreds underflow one shifted by a common value."""
+    from PIL import Image
+
+    _, arrays = svhn_patches
+    cpu = get_backend("cpu")
+    model = build_model("mlp", seed=5)
+    model.layers[3].weight.data = model.layers[3].weight.data * 3000
+    model.layers[3].bias.data = model.layers[3].bias.data * 3000
+    mean, std = reference_channel_stats(arrays["train"][0])
+    path = save_checkpoint(tmp_path / "sharp.npz", model, epoch=1, backend=cpu,
+                           config={"model": "mlp", "mean": mean.tolist(), "std": std.tolist()})
+    images = arrays["test"][0][:4]
+    files = []
+    for index, image in enumerate(images):
+        files.append(tmp_path / f"{index}.png")
+        Image.fromarray(image.transpose(1, 2, 0)).save(files[-1])
+    logits = reference_forward("mlp", load_checkpoint(path).params, reference_normalise(images, mean, std))
+    assert np.abs(logits).max() > 500 and np.ptp(logits.max(axis=1)) > 150  # what makes this test able to fail
+    probabilities = reference_softmax(logits)
+    code = cli.main(["--predict", *map(str, files), "--checkpoint", str(path), "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.startswith(str(tmp_path))]
+    for line, expected in zip(lines, probabilities, strict=True):
+        shown = re.findall(r"(\d) \(([\d.]+)%\)", line)
+        top = np.argsort(-expected, kind="stable")[:3]
+        assert len(shown) == 3 and int(shown[0][0]) == top[0], line
+        for (digit, share), want in zip(shown, top, strict=True):  # the same class, or one as (im)probable
+            assert int(digit) == want or abs(expected[int(digit)] - expected[want]) < 1e-6, line
+            assert float(share) == pytest.approx(100 * expected[int(digit)], abs=0.05 + 1e-4), line

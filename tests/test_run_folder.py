@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cli_helpers import TINY, copy_run, finished_run, one_error_line, run, snapshot  # noqa: F401 (fixture)
+from helpers import SMALL, TINY, copy_run, one_error_line, run, snapshot
 from training import run_folder
 from training.checkpoint import load_checkpoint
+from training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 REPO = Path(__file__).resolve().parent.parent
@@ -179,6 +180,38 @@ def test_an_early_interrupt_leaves_no_empty_folder(tmp_path, capsys, monkeypatch
     assert code == 130
     assert err.strip() == f"interrupted before an epoch ended; nothing was saved in {tmp_path / 'run'}"
     assert not (tmp_path / "run").exists()
+
+
+def test_output_folder_under_a_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = run(SMALL + ["--epochs", "1", "--out", str(tmp_path / "file" / "run")], capsys)
+    assert code == 2
+    line = one_error_line(err)
+    assert line.startswith("error: cannot create the output folder") and "choose another with --out" in line
+
+
+def test_read_only_output_folder_fails_before_training(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    out.mkdir()
+    out.chmod(0o500)
+    if os.access(out, os.W_OK):  # root ignores the mode: make the folder refuse files another way
+        real_open = os.open
+
+        def refuse_in_out(path, *args, **kwargs):  # the first file a run makes is its folder's lock
+            if Path(path).parent == out:
+                raise PermissionError(13, "Permission denied")
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr(run_folder.os, "open", refuse_in_out)
+    trained = []
+    monkeypatch.setattr(Trainer, "fit", lambda self, *a, **k: trained.append(1))
+    try:
+        code, _, err = run(SMALL + ["--epochs", "1", "--out", str(out)], capsys)
+    finally:
+        out.chmod(0o700)
+    assert code == 2 and not trained, "an unwritable --out must be found before training starts"
+    line = one_error_line(err)
+    assert f"the output folder {out} is not writable: Permission denied; choose another with --out" in line
 
 
 # -- file modes, ~ --------------------------------------------------------------------------------------

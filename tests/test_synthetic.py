@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import synthetic
-from training.data import ImageSet
-from training.synthetic import cache_path, default_cache_dir, generate, make_synthetic
+from training.data import ImageSet, synthetic
+from training.data.synthetic import cache_path, default_cache_dir, generate, make_synthetic
 
 
 @pytest.fixture(scope="module")

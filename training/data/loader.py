@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 _STATS_CHUNK = 1024  # images per chunk in channel_stats, to bound the memory it needs
 # A device-resident loader gathers and normalises the shuffled images a chunk at a time
@@ -60,7 +60,7 @@ class DataLoader:
     mean, std: (C,) per-channel statistics in pixel/255 units, from ``channel_stats``.
     shuffle, seed: the order of epoch ``e`` is ``default_rng([seed, e]).permutation(N)``,
         a pure function of (seed, epoch), so a resumed run sees exactly the same batches.
-    augment: a RandomShift (training/augment.py) or None. Batch b of epoch e is then shifted,
+    augment: a RandomShift (training/data/augment.py) or None. Batch b of epoch e is then shifted,
         on the device, with the draw keyed (e, b): reproducible, and the same whichever
         way the batches are gathered.
     device_resident: upload the whole uint8 set once and gather batches on the device

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
-from .errors import DownloadError
+from ..errors import DownloadError
 
 SVHN_BASE_URL = "http://ufldl.stanford.edu/housenumbers/"
 

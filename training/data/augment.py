@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from backends.random import derive_key, device_random
 
-from .errors import DataError
+from ..errors import DataError
 
 AUGMENT_STREAM = 0x5A1F7  # tells the shift draws apart from other draws made with the same seed
 

@@ -1,6 +1,6 @@
 """A bank of digit glyphs rendered from the fonts that ship with matplotlib.
 
-The synthetic dataset (``training.synthetic``) draws every image from this bank: each
+The synthetic dataset (``training.data.synthetic``) draws every image from this bank: each
 entry is one digit in one font, anti-aliased, scaled so that its ink is exactly
 ``GLYPH_HEIGHT`` pixels tall and centred on a ``BANK_SIZE`` x ``BANK_SIZE`` canvas with a
 blank margin all round (so sampling outside the ink reads zeros).

@@ -1,7 +1,7 @@
 """A synthetic SVHN-like digit set, generated from a seed: the default, offline dataset.
 
 Each 32x32 colour image shows one digit (its label) in the centre, drawn from a bank of
-font glyphs (``training.data_glyphs``), with what makes real house-number crops hard:
+font glyphs (``training.data.glyphs``), with what makes real house-number crops hard:
 random colours and contrast (dark-on-light and light-on-dark), size, position, rotation
 and shear, parts of neighbouring digits at the left and right edges, lighting gradients,
 a stray edge of the background, blur and noise.
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import data_glyphs
-from .atomic import write_atomically
-from .data import ImageSet
+from ..atomic import write_atomically
+from . import glyphs
+from .imageset import ImageSet
 
 GENERATOR_VERSION = 1  # bump when the generator's code changes what it produces
 CHUNK = 2048  # images composed at once (a constant: the output depends on it)
@@ -127,7 +127,7 @@ def _fingerprint() -> str:
     import matplotlib
 
     parts = [f"{k}={globals()[k]!r}" for k in _KNOBS]
-    parts += [repr(data_glyphs.FONT_FILES), repr((data_glyphs.GLYPH_HEIGHT, data_glyphs.BANK_SIZE, data_glyphs.RENDER_POINTS, data_glyphs.PREBLUR_SIGMA))]
+    parts += [repr(glyphs.FONT_FILES), repr((glyphs.GLYPH_HEIGHT, glyphs.BANK_SIZE, glyphs.RENDER_POINTS, glyphs.PREBLUR_SIGMA))]
     parts += [f"matplotlib={matplotlib.__version__}"]  # its FreeType renders the glyphs
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:10]
 
@@ -169,7 +169,7 @@ def generate(n: int, seed: int = 0, stream: int = 0) -> tuple[np.ndarray, np.nda
     Chunk ``k`` (images ``k*CHUNK`` onwards) draws from ``default_rng([seed, stream, k])``,
     so the output is a pure function of (n, seed, stream) and the glyph bank.
     """
-    bank = data_glyphs.glyph_bank()
+    bank = glyphs.glyph_bank()
     images = np.empty((n, 3, SIZE, SIZE), np.uint8)
     labels = np.empty(n, np.int64)
     for k, start in enumerate(range(0, n, CHUNK)):
@@ -179,7 +179,7 @@ def generate(n: int, seed: int = 0, stream: int = 0) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def _compose(rng: np.random.Generator, n: int, bank: data_glyphs.GlyphBank) -> tuple[np.ndarray, np.ndarray]:
+def _compose(rng: np.random.Generator, n: int, bank: glyphs.GlyphBank) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images from one generator, every step batched over the images."""
     labels = rng.integers(0, 10, n)
     font = rng.integers(0, bank.num_fonts, n)
@@ -189,8 +189,8 @@ def _compose(rng: np.random.Generator, n: int, bank: data_glyphs.GlyphBank) -> t
     inverse, offset = _sample_transforms(rng, n)
     ink = _sample_glyphs(bank.glyphs, centre, inverse, offset, 0.0, 0.0)
     # Neighbours sit on (nearly) the same line, half of each width plus a gap to the side.
-    gaps = rng.uniform(*NEIGHBOUR_GAP, (2, n)) * data_glyphs.GLYPH_HEIGHT
-    jitter = rng.normal(0.0, 0.04 * data_glyphs.GLYPH_HEIGHT, (2, n))
+    gaps = rng.uniform(*NEIGHBOUR_GAP, (2, n)) * glyphs.GLYPH_HEIGHT
+    jitter = rng.normal(0.0, 0.04 * glyphs.GLYPH_HEIGHT, (2, n))
     for side, glyph, gap, dy in ((-1, left, gaps[0], jitter[0]), (1, right, gaps[1], jitter[1])):
         dx = side * ((bank.widths[centre] + bank.widths[glyph]) / 2 + gap)
         present = (rng.random(n) < NEIGHBOUR_PROB).astype(np.float32)[:, None, None]
@@ -209,7 +209,7 @@ def _sample_transforms(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np
     column, relative to the glyph centre) seen at crop position p (relative to the crop
     centre) is ``inverse @ (p - offset)``.
     """
-    scale = rng.uniform(*DIGIT_HEIGHT_PX, n) / data_glyphs.GLYPH_HEIGHT
+    scale = rng.uniform(*DIGIT_HEIGHT_PX, n) / glyphs.GLYPH_HEIGHT
     aspect = np.exp(rng.uniform(np.log(ASPECT_RANGE[0]), np.log(ASPECT_RANGE[1]), n))
     angle = np.deg2rad(np.clip(rng.normal(0.0, ROTATION_DEG, n), -2.5 * ROTATION_DEG, 2.5 * ROTATION_DEG))
     shear = rng.uniform(-SHEAR, SHEAR, n)
@@ -226,25 +226,25 @@ def _sample_transforms(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np
 _GRID = np.stack(np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")).astype(np.float32) - (SIZE - 1) / 2
 
 
-def _sample_glyphs(glyphs, index, inverse, offset, dx, dy) -> np.ndarray:
+def _sample_glyphs(bank_glyphs, index, inverse, offset, dx, dy) -> np.ndarray:
     """Bilinear samples (n, 32, 32) of bank entries ``index`` seen through the transforms.
 
     ``dx``, ``dy`` (scalars or (n,)) shift the glyph in bank pixels, for the neighbours.
     """
     rel = _GRID[None] - offset[:, :, None, None]  # (n, 2, 32, 32) crop position - offset
-    centre = (data_glyphs.BANK_SIZE - 1) / 2
+    centre = (glyphs.BANK_SIZE - 1) / 2
     rows = np.einsum("ij,ijhw->ihw", inverse[:, 0], rel) + centre - np.reshape(dy, (-1, 1, 1))
     cols = np.einsum("ij,ijhw->ihw", inverse[:, 1], rel) + centre - np.reshape(dx, (-1, 1, 1))
     # The canvas border is blank, so clamping outside positions onto it reads zeros.
-    limit = data_glyphs.BANK_SIZE - 1.001
+    limit = glyphs.BANK_SIZE - 1.001
     np.clip(rows, 0.0, limit, out=rows)
     np.clip(cols, 0.0, limit, out=cols)
     r0, c0 = rows.astype(np.int32), cols.astype(np.int32)
     fr, fc = rows - r0, cols - c0
-    flat = glyphs.reshape(-1)
-    base = (index.astype(np.int32) * data_glyphs.BANK_SIZE**2)[:, None, None] + r0 * data_glyphs.BANK_SIZE + c0
+    flat = bank_glyphs.reshape(-1)
+    base = (index.astype(np.int32) * glyphs.BANK_SIZE**2)[:, None, None] + r0 * glyphs.BANK_SIZE + c0
     top = flat[base] * (1 - fc) + flat[base + 1] * fc
-    bottom = flat[base + data_glyphs.BANK_SIZE] * (1 - fc) + flat[base + data_glyphs.BANK_SIZE + 1] * fc
+    bottom = flat[base + glyphs.BANK_SIZE] * (1 - fc) + flat[base + glyphs.BANK_SIZE + 1] * fc
     return top * (1 - fr) + bottom * fr
 
 

@@ -1,0 +1,136 @@
+"""BatchNorm2D and BatchNorm1D (layers/batchnorm.py): gradients against finite differences, every
+backend against the plain references, and PyTorch in float64 (train and eval, running statistics
+included)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import assert_close, check_layer, numerical_gradient, relative_error
+from helpers import MAX_RELATIVE_ERROR
+from layers import BatchNorm1D, BatchNorm2D, Sequential
+from layers.batchnorm import batchnorm_backward_reference, batchnorm_reference
+
+
+BN_CASES = [(BatchNorm2D, (3, 4, 5, 6)), (BatchNorm1D, (7, 4)), (BatchNorm1D, (3, 4, 5))]
+BN_IDS = ["2d", "1d", "1d-length"]
+
+
+@pytest.mark.parametrize("make, shape", BN_CASES, ids=BN_IDS)
+def test_batchnorm_gradients(backend, rng, make, shape):
+    layer = make(shape[1])
+    layer.to(backend, "float64")
+    layer.weight.data = backend.asarray(rng.uniform(0.5, 1.5, shape[1]))  # γ, β away from their 1, 0
+    layer.bias.data = backend.asarray(rng.standard_normal(shape[1]))
+    check_layer(layer, rng.standard_normal(shape) * 2 + 1, backend, rng)
+
+
+@pytest.mark.parametrize("make, shape", BN_CASES, ids=BN_IDS)
+def test_batchnorm_matches_the_reference(backend, dtype, rng, make, shape):
+    from backends import get_backend
+
+    c = shape[1]
+    layer = make(c, momentum=0.2).to(backend, dtype)
+    gamma, beta = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
+    layer.weight.data, layer.bias.data = backend.asarray(gamma), backend.asarray(beta)
+    x, dy = rng.standard_normal(shape) * 3 + 2, rng.standard_normal(shape)
+    y = layer.forward(backend.asarray(x, dtype=dtype))
+    dx = layer.backward(backend.asarray(dy, dtype=dtype))
+    xp, axes = get_backend("cpu").xp, (0,) + tuple(range(2, len(shape)))
+    y_ref, mean, var = batchnorm_reference(xp, x, gamma, beta, axes, 1e-5)
+    dx_ref, dgamma_ref, dbeta_ref = batchnorm_backward_reference(xp, x, gamma, dy, axes, 1e-5)
+    count = x.size // c
+    for actual, expected, what in ((y, y_ref, "y"), (dx, dx_ref, "dx"), (layer.weight.grad, dgamma_ref, "dgamma"),
+                                   (layer.bias.grad, dbeta_ref, "dbeta"),
+                                   (layer.running_mean, 0.2 * mean, "running_mean"),
+                                   (layer.running_var, 0.8 + 0.2 * var * count / (count - 1), "running_var")):
+        assert_close(backend.to_numpy(actual), expected, dtype, what)
+    layer.eval()  # the running statistics now normalise
+    expected = (x - layer_host(backend, layer.running_mean, c, len(shape))) / np.sqrt(
+        layer_host(backend, layer.running_var, c, len(shape)) + 1e-5) * gamma.reshape((1, c) + (1,) * (len(shape) - 2)) \
+        + beta.reshape((1, c) + (1,) * (len(shape) - 2))
+    assert_close(backend.to_numpy(layer.forward(backend.asarray(x, dtype=dtype))), expected, dtype, "eval y")
+
+
+def layer_host(backend, array, c, ndim):
+    return np.asarray(backend.to_numpy(array), dtype=np.float64).reshape((1, c) + (1,) * (ndim - 2))
+
+
+def test_batchnorm_reference_backward_is_the_derivative(rng):
+    """The reference backward itself against finite differences of the reference forward."""
+    from backends import get_backend
+
+    xp = get_backend("cpu").xp
+    x, gamma, beta, r = rng.standard_normal((4, 3, 2, 2)), rng.uniform(0.5, 1.5, 3), rng.standard_normal(3), \
+        rng.standard_normal((4, 3, 2, 2))
+    dx, dgamma, dbeta = batchnorm_backward_reference(xp, x, gamma, r, (0, 2, 3), 1e-5)
+    for analytic, array in ((dx, x), (dgamma, gamma), (dbeta, beta)):
+        numeric = numerical_gradient(lambda: float(np.sum(batchnorm_reference(xp, x, gamma, beta, (0, 2, 3), 1e-5)[0] * r)),
+                                     array)
+        assert relative_error(analytic, numeric) < MAX_RELATIVE_ERROR
+
+
+def test_batchnorm_buffers_move_with_the_layer_and_are_not_parameters(backend):
+    layer = BatchNorm2D(3)
+    layer.running_mean[...] = 0.5
+    layer.to(backend, "float64")
+    assert backend.is_array(layer.running_mean) and layer.running_mean.dtype == backend.xp.float64
+    np.testing.assert_array_equal(backend.to_numpy(layer.running_mean), [0.5] * 3)
+    assert [name for name, _ in layer.named_parameters()] == ["weight", "bias"]
+    assert [name for name, _ in Sequential(BatchNorm2D(2), BatchNorm1D(2)).named_buffers()] == \
+        ["0.running_mean", "0.running_var", "1.running_mean", "1.running_var"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: BatchNorm2D(0), "num_features must be a positive integer"),
+    (lambda: BatchNorm2D(3, eps=0), "eps must be a positive number"),
+    (lambda: BatchNorm1D(3, momentum=1.5), r"momentum must be a number in \[0, 1\]"),
+])
+def test_bad_batchnorm_arguments(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_batchnorm_input_errors():
+    from backends import get_backend
+
+    cpu = get_backend("cpu")
+    with pytest.raises(ValueError, match=r"BatchNorm2D\(3\) expects input \(N, C, H, W\) with C = num_features, got \(2, 4, 5, 5\)"):
+        BatchNorm2D(3).forward(cpu.asarray(np.zeros((2, 4, 5, 5)), dtype="float32"))
+    with pytest.raises(ValueError, match=r"BatchNorm1D\(3\) expects input \(N, C\) or \(N, C, L\)"):
+        BatchNorm1D(3).forward(cpu.asarray(np.zeros((2, 3, 5, 5)), dtype="float32"))
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        BatchNorm1D(3).forward(cpu.asarray(np.zeros((1, 3)), dtype="float32"))
+    layer = BatchNorm1D(3).eval()  # one example is fine in eval
+    assert layer.forward(cpu.asarray(np.zeros((1, 3)), dtype="float32")).shape == (1, 3)
+
+
+@pytest.mark.parametrize("make, shape", BN_CASES, ids=BN_IDS)
+def test_batchnorm_agrees_with_torch(rng, make, shape):
+    torch = pytest.importorskip("torch")
+    from backends import get_backend
+
+    cpu = get_backend("cpu")
+    c = shape[1]
+    ours = make(c, momentum=0.3).to(cpu, "float64")
+    theirs = (torch.nn.BatchNorm2d if make is BatchNorm2D else torch.nn.BatchNorm1d)(c, momentum=0.3).double()
+    gamma, beta = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
+    ours.weight.data, ours.bias.data = gamma, beta
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(gamma))
+        theirs.bias.copy_(torch.from_numpy(beta))
+    for step in range(3):  # three training steps move the running statistics
+        x, dy = rng.standard_normal(shape) * 2 + step, rng.standard_normal(shape)
+        xt = torch.from_numpy(x).requires_grad_()
+        yt = theirs(xt)
+        yt.backward(torch.from_numpy(dy))
+        y = ours.forward(x)
+        dx = ours.backward(dy)
+        for actual, expected in ((y, yt.detach()), (dx, xt.grad), (ours.weight.grad, theirs.weight.grad),
+                                 (ours.bias.grad, theirs.bias.grad), (ours.running_mean, theirs.running_mean),
+                                 (ours.running_var, theirs.running_var)):
+            np.testing.assert_allclose(actual, expected.numpy(), rtol=1e-10, atol=1e-12)
+        theirs.weight.grad = theirs.bias.grad = None
+    ours.eval(), theirs.eval()
+    x = rng.standard_normal(shape)
+    np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -1,0 +1,269 @@
+"""Checkpoints (training/checkpoint.py): a round trip restores the weights and every optimizer
+state, another model's or optimizer's checkpoint is refused, a damaged or pickled file is a clear
+error, a failed save keeps the previous file, a checkpoint may hold no optimizer state, and the
+reader, fuzzed with random bytes, mutated files and odd archives, raises only CheckpointError."""
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import cli
+from backends import get_backend
+from helpers import EDITS, call_cli, evaluated, mutate, reference_channel_stats
+from layers import CrossEntropyLoss
+from models import MLP, build_model
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.errors import CheckpointError
+from training.optim import SGD, Adam
+
+
+def trained_pair(backend, steps=3):
+    model = build_model("lnet", seed=1).to(backend)
+    optimizer = Adam(model.parameters(), lr=1e-3, amsgrad=True)
+    rng = np.random.default_rng(0)
+    loss = CrossEntropyLoss()
+    for _ in range(steps):
+        x = backend.asarray(rng.standard_normal((4, 3, 32, 32)), dtype="float32")
+        loss.forward(model.forward(x), backend.asarray(rng.integers(0, 10, 4)))
+        model.backward(loss.backward(), input_grad=False)
+        optimizer.step()
+    return model, optimizer
+
+
+def test_checkpoint_round_trip(backend, tmp_path):
+    model, optimizer = trained_pair(backend)
+    history = [{"epoch": 1, "test_acc": 0.5}]
+    save_checkpoint(tmp_path / "c.npz", model, optimizer, epoch=1, backend=backend, config={"lr": 1e-3}, history=history)
+    checkpoint = load_checkpoint(tmp_path / "c.npz")
+    assert checkpoint.epoch == 1 and checkpoint.config == {"lr": 1e-3} and checkpoint.history == history
+    fresh = build_model("lnet", seed=9).to(backend)
+    fresh_optimizer = Adam(fresh.parameters(), lr=0.5)
+    checkpoint.restore_model(fresh, backend)
+    checkpoint.restore_optimizer(fresh_optimizer)
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        np.testing.assert_array_equal(backend.to_numpy(a.data), backend.to_numpy(b.data))
+    assert fresh_optimizer.lr == 1e-3 and fresh_optimizer.amsgrad
+    assert fresh_optimizer.state[0]["step"] == 3
+    # Every moment array (exp_avg, exp_avg_sq, max_exp_avg_sq) of every parameter came back.
+    saved, restored = optimizer.state_dict()["state"], fresh_optimizer.state_dict()["state"]
+    assert sorted(saved) == sorted(restored) == list(range(len(model.parameters())))
+    for index, entries in saved.items():
+        assert set(restored[index]) == set(entries) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+        for key, value in entries.items():
+            got, want = restored[index][key], value
+            if key != "step":
+                got, want = backend.to_numpy(got), backend.to_numpy(want)
+                assert np.any(want != 0), f"{key} of parameter {index} is all zero: the test would not see a lost state"
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=f"{key} of parameter {index}")
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    cpu = get_backend("cpu")
+    model, optimizer = trained_pair(cpu, steps=1)
+    save_checkpoint(tmp_path / "lnet.npz", model, optimizer, epoch=1, backend=cpu)
+    with pytest.raises(CheckpointError, match="checkpoint of model 'lnet', not 'mlp'; use --model lnet"):
+        load_checkpoint(tmp_path / "lnet.npz").restore_model(build_model("mlp"), cpu)
+    checkpoint = load_checkpoint(tmp_path / "lnet.npz")
+    checkpoint.params["9.weight"] = np.zeros((12, 256), dtype=np.float32)
+    with pytest.raises(CheckpointError, match=r"9.weight: saved \(12, 256\), model has \(10, 256\)"):
+        checkpoint.restore_model(build_model("lnet"), cpu)
+
+
+def test_checkpoint_with_another_optimizer_is_refused(tmp_path):
+    path, model, _ = saved_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="saved by Adam, expected SGD"):
+        load_checkpoint(path).restore_optimizer(SGD(model.parameters(), lr=0.1))
+
+
+def saved_checkpoint(folder):
+    """(path, model, optimizer) of a one-step LNet checkpoint written to ``folder``/c.npz."""
+    cpu = get_backend("cpu")
+    model, optimizer = trained_pair(cpu, steps=1)
+    path = folder / "c.npz"
+    save_checkpoint(path, model, optimizer, epoch=1, backend=cpu)
+    return path, model, optimizer
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "missing"])
+def test_damaged_checkpoints_are_clear_errors(tmp_path, damage):
+    path, _, _ = saved_checkpoint(tmp_path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(bytes(range(256)) * 10)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+    with pytest.raises(CheckpointError, match="corrupt|truncated|does not exist|not a readable"):
+        load_checkpoint(path)
+
+
+def test_pickled_checkpoint_is_refused_not_unpickled(tmp_path):
+    path = tmp_path / "evil.npz"
+    np.savez(path, meta=np.array("{}"), payload=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_checkpoint(path)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    cpu = get_backend("cpu")
+    path, model, optimizer = saved_checkpoint(tmp_path)
+    before = path.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint .* is unchanged"):
+        save_checkpoint(path, model, optimizer, epoch=2, backend=cpu)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary file left behind
+
+
+# -- a checkpoint without optimizer state ----------------------------------------------------------
+@pytest.fixture
+def weights_only(svhn_patches, tmp_path):
+    """A checkpoint of an untrained MLP written without an optimizer (as a user's script may)."""
+    root, arrays = svhn_patches
+    cpu = get_backend("cpu")
+    model = build_model("mlp", seed=3)
+    mean, std = reference_channel_stats(arrays["train"][0])
+    config = {"model": "mlp", "dataset": "svhn", "data_dir": str(root), "mean": mean.tolist(), "std": std.tolist()}
+    history = [{"epoch": e, "train_loss": 2.0, "train_acc": 0.1, "test_loss": 2.0, "test_acc": 0.1,
+                "examples_per_sec": 1.0, "seconds": 1.0} for e in range(1, 5)]  # a well-formed record of 4 epochs
+    path = save_checkpoint(tmp_path / "weights.npz", model, epoch=4, backend=cpu, config=config, history=history)
+    return path, {p.name: cpu.to_numpy(p.data).copy() for p in model.parameters()}, mean, std
+
+
+def test_checkpoint_without_optimizer_round_trips_its_weights(weights_only):
+    path, params, _, _ = weights_only
+    checkpoint = load_checkpoint(path)
+    assert "optimizer" not in checkpoint.meta and checkpoint.optim == {} and checkpoint.epoch == 4
+    assert sorted(checkpoint.params) == sorted(params)
+    for name, array in params.items():
+        np.testing.assert_array_equal(checkpoint.params[name], array)
+
+
+def test_checkpoint_without_optimizer_cannot_be_resumed_but_can_be_evaluated(weights_only, svhn_patches, capsys):
+    path, params, mean, std = weights_only
+    before = path.read_bytes()
+    code = cli.main(["--resume", str(path), "--epochs", "6", "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert err == f"error: {path} holds no optimizer state; it cannot be resumed, only evaluated\n"
+    assert path.read_bytes() == before
+
+    result = call_cli(["--evaluate", str(path), "--device", "cpu"])
+    assert result.code == 0, result.err
+    reported = json.loads(result.out.strip().splitlines()[-1])
+    loss, accuracy, unsure = evaluated(params, svhn_patches[1], mean, std)
+    assert reported["loss"] == pytest.approx(loss, rel=1e-5)
+    assert abs(reported["accuracy"] - accuracy) <= unsure / 40 + 1e-12
+    assert "(mlp, epoch 4) on svhn-test" in result.out
+
+
+# -- the reader, fuzzed ----------------------------------------------------------------------------
+def tiny_model(seed=0):
+    return MLP(hidden=4, num_classes=3, input_shape=(1, 2, 2), seed=seed).to(get_backend("cpu"), "float32")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> bytes:
+    cpu = get_backend("cpu")
+    model = tiny_model()
+    optimizer = Adam(model.parameters())
+    loss = CrossEntropyLoss()
+    loss.forward(model.forward(np.ones((2, 1, 2, 2), dtype=np.float32)), np.array([0, 2], dtype=np.int64))
+    model.backward(loss.backward(), input_grad=False)
+    optimizer.step()
+    path = tmp_path_factory.mktemp("tiny") / "checkpoint.npz"
+    save_checkpoint(path, model, optimizer, epoch=1, backend=cpu, config={"model": "mlp"}, history=[{"epoch": 1, "test_acc": 0.5}])
+    return path.read_bytes()
+
+
+def _only_checkpoint_errors(data: bytes) -> None:
+    """Loading ``data`` (and restoring it into a fresh model) raises CheckpointError or nothing."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "checkpoint.npz"
+        path.write_bytes(data)
+        try:
+            checkpoint = load_checkpoint(path)
+            model = tiny_model(seed=1)
+            checkpoint.restore_model(model, get_backend("cpu"))
+            checkpoint.restore_optimizer(Adam(model.parameters()))
+            checkpoint.epoch, checkpoint.config, checkpoint.history  # noqa: B018
+        except CheckpointError:
+            pass
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.binary(max_size=600) | st.binary(max_size=600).map(lambda b: b"PK\x03\x04" + b))
+def test_checkpoint_reader_on_random_bytes(data):
+    _only_checkpoint_errors(data)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=EDITS)
+def test_checkpoint_reader_on_mutated_checkpoints(tiny_checkpoint, edits):
+    _only_checkpoint_errors(mutate(tiny_checkpoint, edits))
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+META_KEYS = ["format", "model", "parameters", "epoch", "config", "history", "optimizer", "extra"]
+
+
+def _npy(array) -> bytes:
+    stream = io.BytesIO()
+    np.save(stream, array, allow_pickle=False)
+    return stream.getvalue()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    changes=st.dictionaries(st.sampled_from(META_KEYS), JSON, max_size=3),
+    dropped=st.lists(st.sampled_from(META_KEYS), max_size=2),
+    odd_member=st.sampled_from([None, "raw", "meta-array", "int-param", "bad-shape", "odd-optim"]),
+)
+def test_checkpoint_reader_on_well_formed_archives_with_odd_contents(tiny_checkpoint, changes, dropped, odd_member):
+    """A valid .npz whose header or entries are wrong in type or shape: still only CheckpointError."""
+    with zipfile.ZipFile(io.BytesIO(tiny_checkpoint)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    meta = json.loads(str(np.load(io.BytesIO(members["meta.npy"]))))
+    meta.update(changes)
+    for key in dropped:
+        meta.pop(key, None)
+    members["meta.npy"] = _npy(np.array(json.dumps(meta)))
+    if odd_member == "raw":
+        members["param/3.weight"] = b"\x00" * 20  # no .npy suffix: NpzFile returns bytes
+        if isinstance(meta.get("parameters"), dict):
+            meta["parameters"]["3.weight"] = [3, 4]
+        members["meta.npy"] = _npy(np.array(json.dumps(meta)))
+    elif odd_member == "meta-array":
+        members["meta.npy"] = _npy(np.array([json.dumps(meta)] * 2))
+    elif odd_member == "int-param":
+        members["param/1.weight.npy"] = _npy(np.zeros((4, 4), dtype=np.int32))
+    elif odd_member == "bad-shape":
+        members["param/1.weight.npy"] = _npy(np.zeros((5, 4), dtype=np.float32))
+    elif odd_member == "odd-optim":
+        members["optim/0/step.npy"] = _npy(np.zeros(3))
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for name, payload in members.items():
+            archive.writestr(name, payload)
+    _only_checkpoint_errors(stream.getvalue())
