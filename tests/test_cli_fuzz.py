@@ -157,7 +157,8 @@ def test_the_cli_gives_a_result_or_one_error(files, drawn):
         assert "Traceback" not in stderr and "Traceback" not in stdout, (argv, stderr)
         assert snapshot(files["run"]) == protected, f"{argv} changed a run it only reads"
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handlers were not given back"
-        lines = stderr.strip().splitlines()
+        # the lines a terminal shows: a progress bar rewrites its line with \r and clears it at the end
+        lines = [shown for line in stderr.split("\n") if (shown := line.rsplit("\r", 1)[-1]).strip()]
         if code == "usage":
             assert lines[0].startswith("usage: ") and lines[-1].startswith("python cli.py: error: "), (argv, stderr)
             return
