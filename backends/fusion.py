@@ -18,8 +18,11 @@ correctness.
 Rules for a fusable function (what ``cupy.fuse`` accepts): element-wise functions and
 operators of ``xp``, ``xp.where``, in-place operators and ``a[...] = b`` on its array
 arguments, and at most one reduction (``xp.sum``/``xp.max`` with ``axis``, no
-``keepdims``) after which only element-wise work follows. No indexing, no reshapes, no
-branches on array values: pass views shaped for broadcasting as arguments instead.
+``keepdims``) after which only element-wise work on its result and literal numbers
+follows (an argument, even a number, cannot be used after the reduction: scale before
+summing). No indexing, no reshapes, no branches on array values: pass views shaped for
+broadcasting as arguments instead. tests/test_fusion.py traces every fused function of
+the code base with these rules, so a GPU is not needed to find one that would fall back.
 Python numbers passed as arguments (a learning rate) become kernel parameters, so a new
 value does not recompile; numbers the function closes over would be baked in.
 """

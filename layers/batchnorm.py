@@ -52,14 +52,16 @@ def batchnorm_backward_reference(xp, x, gamma, dy, axes, eps):
 
 # -- the fused forms (one kernel each on a GPU; ``axes`` is a static switch) ------------------
 def scaled_sum(xp, x, scale, *, axes):
-    """``scale · Σ x`` over ``axes``: the per-channel mean with scale = 1/M."""
-    return xp.sum(x, axis=axes) * scale
+    """``Σ scale·x`` over ``axes``: the per-channel mean with scale = 1/M.
+
+    (Scaled before the sum: in a fused kernel an argument cannot be used after the reduction.)"""
+    return xp.sum(x * scale, axis=axes)
 
 
 def centered_square_sum(xp, x, mean, scale, *, axes):
-    """``scale · Σ (x - mean)²`` over ``axes``: the biased variance (two-pass, so no cancellation)."""
+    """``Σ scale·(x - mean)²`` over ``axes``: the biased variance (two-pass, so no cancellation)."""
     centered = x - mean
-    return xp.sum(centered * centered, axis=axes) * scale
+    return xp.sum(centered * centered * scale, axis=axes)
 
 
 def update_running_stats(xp, running_mean, running_var, mean, var, momentum, unbias, eps):

@@ -27,8 +27,10 @@ def sum_exp(xp, logits, row_max):
 
 
 def mean_nll(xp, logits, row_max, sums, labels, classes, inverse_n):
-    """L = (1/N) Σ_n -log p[n, y_n] = (1/N) Σ_n (m_n + log s_n - z[n, y_n])."""
-    return xp.sum(xp.astype(labels == classes, logits.dtype) * (row_max + xp.log(sums) - logits)) * inverse_n
+    """L = (1/N) Σ_n -log p[n, y_n] = Σ_n (m_n + log s_n - z[n, y_n]) / N.
+
+    (1/N is applied before the sum: in a fused kernel an argument cannot be used after the reduction.)"""
+    return xp.sum(xp.astype(labels == classes, logits.dtype) * (row_max + xp.log(sums) - logits) * inverse_n)
 
 
 def softmax_minus_onehot(xp, logits, row_max, sums, labels, classes, scale):
