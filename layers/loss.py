@@ -64,8 +64,7 @@ class CrossEntropyLoss(Layer):
         return self.forward(logits, labels)
 
     def forward(self, logits, labels):
-        self._check_arguments(logits, labels)
-        backend = backend_of(logits)
+        backend = self._check_arguments(logits, labels)
         xp, (n, classes) = backend.xp, logits.shape
         if self.check_labels and n > 0:
             low, high = int(xp.min(labels)), int(xp.max(labels))
@@ -87,8 +86,8 @@ class CrossEntropyLoss(Layer):
         backend, logits, row_max, sums, labels, classes, n = self._cache
         return backend.fuse(softmax_minus_onehot)(logits, row_max, sums, labels, classes, float(dloss) / max(n, 1))
 
-    def _check_arguments(self, logits, labels) -> None:
-        """Refuse logits and labels that cannot be a batch, saying what was expected."""
+    def _check_arguments(self, logits, labels):
+        """The logits' backend; logits and labels that cannot be a batch are refused, saying what was expected."""
         backend = backend_of(logits)
         if backend is None:
             raise TypeError(f"CrossEntropyLoss expects logits as an array of a backend (NumPy, CuPy or "
@@ -108,6 +107,7 @@ class CrossEntropyLoss(Layer):
             raise ValueError(f"CrossEntropyLoss expects labels (N,) = ({n},) for logits {tuple(logits.shape)}, got {tuple(labels.shape)}")
         if not xp.isdtype(labels.dtype, "integral"):
             raise TypeError(f"CrossEntropyLoss expects integer class labels, got {labels.dtype}")
+        return backend
 
     def __repr__(self) -> str:
         return "CrossEntropyLoss()"

@@ -238,7 +238,7 @@ def _fused_calls():
         draws.uniform(5, (3,), strict.xp.float32), draws.bits(5, (3,))
     finally:
         fusion.FusedFunction.__call__ = original
-    return [functools.partial(function, **dict(static)) for function, static, _ in calls] , list(calls)
+    return [functools.partial(function, **dict(static)) for function, static, _ in calls], list(calls)
 
 
 def test_every_fused_function_follows_cupy_fuse_rules():
