@@ -23,7 +23,10 @@ examples/second of the median run. On a GPU the device is synchronised before ev
 clock read. ``--rounds N`` repeats the whole set N times, the two frameworks of a
 configuration always back to back, and reports the median of each figure and of the
 per-round ratios: on a shared machine whose load drifts, a single pair of runs can be
-off by 20 %.
+off by 20 %. Rounds do not help when another job slows one framework more than the
+other, so each run also records how much of the machine's CPU time other processes took
+meanwhile (``other_cpu_share``, from /proc/stat, hypervisor steal included), and the
+table marks with ``*`` the configurations where that reached 10 %.
 
 Every (framework, model, batch size, mode) runs in a fresh subprocess (this same script
 with ``--worker``), so its peak memory is its own: on the CPU the peak resident set size
@@ -56,7 +59,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from benchmarks.report import (  # noqa: E402  (after the path set-up, so the script runs from anywhere)
     compare, default_json_path, default_threads, format_table, machine_info, table_notes, write_json,
-    _installed_version,
+    _installed_version, BUSY_SHARE, cpu_seconds, other_cpu_share,
 )
 from benchmarks.worker import RESULT_MARKER, worker_main  # noqa: E402
 from benchmarks.workloads import DATA_NOTE, DTYPE, LEARNING_RATE, MOMENTUM, OPTIMIZER  # noqa: E402
@@ -153,15 +156,22 @@ def worker_environment(threads: int) -> dict[str, str]:
 
 
 def run_worker(spec: dict[str, Any], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    """Run this script with ``--worker spec`` in a fresh process; its result, or {"error": ...}."""
+    """Run this script with ``--worker spec`` in a fresh process; its result, or {"error": ...}.
+
+    The result also says how much of the machine other processes took meanwhile
+    (``other_cpu_share``, see report.other_cpu_share): a figure measured beside another
+    job is not the framework's.
+    """
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    before = cpu_seconds()
     try:
         done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"worker timed out after {timeout:g} s (raise --timeout)"}
+    share = other_cpu_share(before, cpu_seconds())
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])
+            return json.loads(line[len(RESULT_MARKER):]) | ({} if share is None else {"other_cpu_share": share})
     tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
     return {"error": f"worker exited with code {done.returncode} without a result: " + " | ".join(tail)}
 
@@ -202,7 +212,10 @@ def run_all(specs: list[dict[str, Any]], env: dict[str, str], timeout: float) ->
         else:
             kernels = "" if "kernels_per_step" not in row else (
                 f", {row['kernels_per_step']:.0f} kernels and {row['memcpy_dtoh_per_step']:.1f} device→host copies per step")
-            print(f" {row['examples_per_second']:,.1f} ex/s, peak {row['peak_memory_mb']:,.1f} MB{kernels}", file=sys.stderr)
+            busy = "" if row.get("other_cpu_share", 0.0) < BUSY_SHARE else (
+                f" (other processes took {row['other_cpu_share']:.0%} of the CPUs meanwhile)")
+            print(f" {row['examples_per_second']:,.1f} ex/s, peak {row['peak_memory_mb']:,.1f} MB{kernels}{busy}",
+                  file=sys.stderr)
         row["round"] = spec.get("round", 0)
         rows.append(row)
     return rows

@@ -11,6 +11,42 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECORDED_ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# A configuration during whose runs other processes took at least this share of the
+# machine's CPUs is marked in the table. On a 2-core machine, a job running beside the
+# workers once turned a ratio around: the cnn at batch 64 read 1.77x (xpnet faster) on a
+# shared machine and 0.57x alone (2026-11-28).
+BUSY_SHARE = 0.10
+
+
+def cpu_seconds() -> tuple[float, float, float] | None:
+    """(busy, total) CPU seconds of all the machine's CPUs since boot, and the CPU seconds of this
+    process's finished children; None where there is no /proc/stat.
+
+    Busy is every state but idle and iowait, so it includes time the hypervisor gave to
+    other virtual machines (steal), which a benchmark in a VM loses just the same.
+    """
+    import resource
+
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    per_second = os.sysconf("SC_CLK_TCK")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (sum(ticks) - ticks[3] - ticks[4]) / per_second, sum(ticks) / per_second, children.ru_utime + children.ru_stime
+
+
+def other_cpu_share(before: tuple[float, float, float] | None, after: tuple[float, float, float] | None) -> float | None:
+    """The share of the machine's CPU time that went to anything but the children that finished
+    between two ``cpu_seconds()`` readings: (busy - children's CPU time) / total, in [0, 1]."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    busy, total, children = (b - a for a, b in zip(before, after))
+    return min(1.0, max(0.0, (busy - children) / total))
 
 
 def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -40,6 +76,8 @@ def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "torch_kernels_per_step": _median_of(theirs, "kernels_per_step"),
             "xpnet_dtoh_per_step": _median_of(ours, "memcpy_dtoh_per_step"),
             "rounds": len(ours),
+            "other_cpu_share": max((row["other_cpu_share"] for row in ours + theirs if row.get("other_cpu_share") is not None),
+                                   default=None),
         })
     return table
 
@@ -60,10 +98,11 @@ def format_table(comparison: list[dict[str, Any]], with_torch: bool) -> str:
         header += ["xpnet kernels"] + (["torch kernels"] if with_torch else []) + ["xpnet D2H"]
     lines = [header]
     for entry in comparison:
-        line = [entry["model"], str(entry["batch_size"]), entry["mode"], _number(entry["xpnet_examples_per_second"])]
+        busy = "*" if (entry.get("other_cpu_share") or 0.0) >= BUSY_SHARE else ""
+        line = [entry["model"], str(entry["batch_size"]), entry["mode"], _number(entry["xpnet_examples_per_second"]) + busy]
         if with_torch:
             ratio = entry["ratio_xpnet_over_torch"]
-            line += [_number(entry["torch_examples_per_second"]), "-" if ratio is None else f"{ratio:.2f}x"]
+            line += [_number(entry["torch_examples_per_second"]) + busy, "-" if ratio is None else f"{ratio:.2f}x{busy}"]
         line += [_number(entry["xpnet_peak_memory_mb"])] + ([_number(entry["torch_peak_memory_mb"])] if with_torch else [])
         if kernels:
             line += [_number(entry.get("xpnet_kernels_per_step"))]
@@ -80,8 +119,13 @@ def format_table(comparison: list[dict[str, Any]], with_torch: bool) -> str:
 
 
 def table_notes(rows: list[dict[str, Any]], device: str, with_torch: bool) -> str:
-    """What the table's ratio and memory columns mean."""
+    """What the table's ratio and memory columns mean, and which figures the machine's load may have bent."""
     notes = []
+    shares = [row["other_cpu_share"] for row in rows if row.get("other_cpu_share") is not None]
+    if shares and max(shares) >= BUSY_SHARE:
+        notes.append(f"*: other processes took up to {max(shares):.0%} of the CPUs while these ran (more than "
+                     f"{BUSY_SHARE:.0%}), which slows the frameworks unequally; rerun on an idle machine before "
+                     "trusting these figures")
     if with_torch:
         notes.append("xpnet/torch: throughput ratio; above 1 means xpnet is faster")
     if device == "cuda":

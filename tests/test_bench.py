@@ -41,6 +41,8 @@ def test_quick_run_writes_positive_throughput_and_memory(tmp_path):
         assert row["examples_per_second"] > 0
         assert row["peak_memory_mb"] > 0 and row["host_peak_rss_mb"] >= row["host_rss_after_import_mb"] > 0
         assert len(row["run_seconds"]) == 1 and row["steps"] == 2
+        if Path("/proc/stat").exists():  # how much of the machine others took while it ran
+            assert 0.0 <= row["other_cpu_share"] <= 1.0
         if row["mode"] == "train":
             assert np.isfinite(row["final_loss"])
     assert len(report["comparison"]) == 4
@@ -101,6 +103,52 @@ def test_rounds_report_medians_and_paired_ratios():
     specs = bench.measurement_specs(bench.parse_args(["--rounds", "2", "--models", "mlp", "--batch-sizes", "8",
                                                       "--modes", "infer"]), ["xpnet", "torch"])
     assert [(s["round"], s["framework"]) for s in specs] == [(0, "xpnet"), (0, "torch"), (1, "xpnet"), (1, "torch")]
+
+
+def test_other_cpu_share_is_what_the_children_did_not_use():
+    from benchmarks.report import other_cpu_share
+
+    # 4 CPU-seconds of capacity went by; 3 were busy, 1 of them the worker's own
+    assert other_cpu_share((10.0, 100.0, 1.0), (13.0, 104.0, 2.0)) == pytest.approx(0.5)
+    assert other_cpu_share((10.0, 100.0, 1.0), (11.0, 104.0, 2.0)) == 0.0  # clock ticks are coarse: never below 0
+    assert other_cpu_share(None, (1.0, 2.0, 0.0)) is None and other_cpu_share((1.0, 2.0, 0.0), (1.0, 2.0, 0.0)) is None
+
+
+def test_a_busy_machine_is_measured_around_a_worker():
+    """A process spinning beside a worker shows up as about one CPU's share of the machine."""
+    from benchmarks.report import cpu_seconds, other_cpu_share
+
+    if cpu_seconds() is None:
+        pytest.skip("no /proc/stat here")
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.3)
+        before = cpu_seconds()
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(1.0)"], check=True)
+        share = other_cpu_share(before, cpu_seconds())
+    finally:
+        spinner.kill()
+        spinner.wait()
+    import os
+
+    assert share >= 0.5 / os.cpu_count(), share
+
+
+def test_configurations_measured_on_a_busy_machine_are_marked():
+    def row(framework, share):
+        return {"framework": framework, "model": "cnn", "batch_size": 64, "mode": "train", "examples_per_second": 300.0,
+                "peak_memory_mb": 100.0, "other_cpu_share": share}
+
+    quiet = bench.compare([row("xpnet", 0.01), row("torch", 0.02)])
+    assert "*" not in bench.format_table(quiet, with_torch=True)
+    assert "idle machine" not in bench.table_notes([row("xpnet", 0.01)], "cpu", True)
+    busy_rows = [row("xpnet", 0.01), row("torch", 0.45)]
+    busy = bench.compare(busy_rows)
+    assert busy[0]["other_cpu_share"] == 0.45
+    assert "1.00x*" in bench.format_table(busy, with_torch=True)
+    assert "up to 45% of the CPUs" in bench.table_notes(busy_rows, "cpu", True)
 
 
 def test_compare_torch_without_torch_says_how_to_install(monkeypatch, capsys):
