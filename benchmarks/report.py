@@ -25,8 +25,6 @@ def cpu_seconds() -> tuple[float, float, float] | None:
     Busy is every state but idle and iowait, so it includes time the hypervisor gave to
     other virtual machines (steal), which a benchmark in a VM loses just the same.
     """
-    import resource
-
     try:
         with open("/proc/stat", encoding="ascii") as stat:
             fields = stat.readline().split()
@@ -34,6 +32,8 @@ def cpu_seconds() -> tuple[float, float, float] | None:
         return None
     if len(fields) < 9 or fields[0] != "cpu":
         return None
+    import resource  # Unix only, like /proc/stat
+
     ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal
     per_second = os.sysconf("SC_CLK_TCK")
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -98,11 +98,12 @@ def format_table(comparison: list[dict[str, Any]], with_torch: bool) -> str:
         header += ["xpnet kernels"] + (["torch kernels"] if with_torch else []) + ["xpnet D2H"]
     lines = [header]
     for entry in comparison:
-        busy = "*" if (entry.get("other_cpu_share") or 0.0) >= BUSY_SHARE else ""
-        line = [entry["model"], str(entry["batch_size"]), entry["mode"], _number(entry["xpnet_examples_per_second"]) + busy]
+        busy = "*" if (entry.get("other_cpu_share") or 0.0) >= BUSY_SHARE else ""  # on the figure that compares
+        line = [entry["model"], str(entry["batch_size"]), entry["mode"],
+                _number(entry["xpnet_examples_per_second"]) + ("" if with_torch else busy)]
         if with_torch:
             ratio = entry["ratio_xpnet_over_torch"]
-            line += [_number(entry["torch_examples_per_second"]) + busy, "-" if ratio is None else f"{ratio:.2f}x{busy}"]
+            line += [_number(entry["torch_examples_per_second"]), "-" if ratio is None else f"{ratio:.2f}x{busy}"]
         line += [_number(entry["xpnet_peak_memory_mb"])] + ([_number(entry["torch_peak_memory_mb"])] if with_torch else [])
         if kernels:
             line += [_number(entry.get("xpnet_kernels_per_step"))]

@@ -148,6 +148,7 @@ def test_configurations_measured_on_a_busy_machine_are_marked():
     busy = bench.compare(busy_rows)
     assert busy[0]["other_cpu_share"] == 0.45
     assert "1.00x*" in bench.format_table(busy, with_torch=True)
+    assert "300.0*" in bench.format_table(bench.compare([row("xpnet", 0.2)]), with_torch=False)
     assert "up to 45% of the CPUs" in bench.table_notes(busy_rows, "cpu", True)
 
 
