@@ -7,6 +7,8 @@
 #   4. the training loop against the bare step and against the same loop in PyTorch
 #   5. a 3-epoch `python cli.py --device cuda --model lnet` run
 #   6. the cnn (issue 10): its GPU benchmark against PyTorch, and 2 epochs of its recipe
+#   7. if data/digits holds real digits (benchmarks/real_digits.py, carried to the GPU machine,
+#      which has no network): the cnn recipe's 30 epochs on them, for the README's GPU wall time
 #
 #   bash benchmarks/gpu_check.sh [LOG]      (default: benchmarks/results/gpu-check-<date>-<hhmm>.log)
 #
@@ -71,6 +73,11 @@ step "python cli.py --device cuda --model lnet --epochs 3" 150 env XPNET_CACHE="
     $PY cli.py --device cuda --model lnet --epochs 3 --out "$run_dir/run"
 step "python cli.py --device cuda --model cnn --augment --schedule onecycle --epochs 2" 120 env XPNET_CACHE="$run_dir/cache" \
     $PY cli.py --device cuda --model cnn --augment --schedule onecycle --lr 3e-3 --epochs 2 --out "$run_dir/cnn"
+if [ -f data/digits/train_32x32.mat ]; then
+    step "cnn recipe, 30 epochs, on the real digits in data/digits" 180 env XPNET_CACHE="$run_dir/cache" \
+        $PY cli.py --device cuda --dataset svhn --data-dir data/digits --model cnn --augment --schedule onecycle \
+        --lr 3e-3 --epochs 30 --batch-size 64 --quiet --out "$run_dir/cnn-digits"
+fi
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then
