@@ -124,9 +124,9 @@ def table_notes(rows: list[dict[str, Any]], device: str, with_torch: bool) -> st
     notes = []
     shares = [row["other_cpu_share"] for row in rows if row.get("other_cpu_share") is not None]
     if shares and max(shares) >= BUSY_SHARE:
+        effect = "slows the two frameworks unequally" if with_torch else "slows the runs"
         notes.append(f"*: other processes took up to {max(shares):.0%} of the CPUs while these ran (more than "
-                     f"{BUSY_SHARE:.0%}), which slows the frameworks unequally; rerun on an idle machine before "
-                     "trusting these figures")
+                     f"{BUSY_SHARE:.0%}), which {effect}; rerun on an idle machine before trusting these figures")
     if with_torch:
         notes.append("xpnet/torch: throughput ratio; above 1 means xpnet is faster")
     if device == "cuda":
