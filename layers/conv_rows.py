@@ -145,8 +145,12 @@ class RowwiseConv:
         bias = None if layer.bias is None else layer.bias.data[:, None]
 
         def multiply(part):
+            # the products of each tile land in one buffer per thread, kept between calls
+            products = layer._scratch(f"products@{part.start}", (self._tile_size(geometry, part, x.dtype), kh * f,
+                                                                 geometry.span), x.dtype)
             for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
-                z = xp.reshape(xp.matmul(weight_rows, columns[:, :c * kw, :]), (-1, kh, f, geometry.span))
+                z = layer.backend.matmul(weight_rows, columns[:, :c * kw, :], out=products[:tile.stop - tile.start, ...])
+                z = xp.reshape(z, (-1, kh, f, geometry.span))
                 y[tile, ...] = z[:, 0, :, :length] if bias is None else z[:, 0, :, :length] + bias
                 for i in range(1, kh):
                     y[tile, ...] += z[:, i, :, i * shift:i * shift + length]
@@ -174,6 +178,8 @@ class RowwiseConv:
             wide = layer._scratch(f"dy@{part.start}", (tile_size, f, geometry.out_h, geometry.pitch), dy.dtype,
                                   zeroed=True)
             stacked = layer._scratch(f"stacked@{part.start}", (tile_size, kh, f, span), dy.dtype, zeroed=True)
+            column_grads = layer._scratch(f"column_grads@{part.start}", (tile_size, c * kw, span), dy.dtype) \
+                if input_grad else None
             grad = None
             for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
                 size = tile.stop - tile.start
@@ -187,7 +193,7 @@ class RowwiseConv:
                 partial = xp.sum(xp.matmul(d, columns.mT), axis=0)[:, :c * kw]
                 grad = partial if grad is None else grad + partial
                 if input_grad:
-                    d_columns = xp.matmul(weight_rows.mT, d)  # (size, C·kw, span)
+                    d_columns = layer.backend.matmul(weight_rows.mT, d, out=column_grads[:size, ...])  # (size, C·kw, span)
                     # for one kernel column the run touches each element once, so "+=" on
                     # the slice is an exact scatter-add
                     for j in range(kw):
