@@ -13,7 +13,8 @@ adds each kernel column's run of dR back onto dx.
 The batch goes through in tiles of a few images (``Backend.batch_tile``) so that R, Z and
 D stay in the CPU cache, and the tiles of each thread's part of the batch
 (``Backend.map_slices``) run in parallel; backward rebuilds each tile's R from the saved
-padded input instead of keeping R for the whole batch.
+padded input instead of keeping R for the whole batch. R, Z, D and dR live in buffers each
+thread keeps between calls: fresh arrays of that size page-fault at every tile.
 """
 from __future__ import annotations
 
@@ -145,12 +146,13 @@ class RowwiseConv:
         bias = None if layer.bias is None else layer.bias.data[:, None]
 
         def multiply(part):
-            # the products of each tile land in one buffer per thread, kept between calls
-            products = layer._scratch(f"products@{part.start}", (self._tile_size(geometry, part, x.dtype), kh * f,
-                                                                 geometry.span), x.dtype)
+            # each tile's products land in one buffer per thread, kept between calls
+            tile_size = self._tile_size(geometry, part, x.dtype)
+            products = layer._scratch(f"products@{part.start}", (tile_size, kh * f, geometry.span), x.dtype)
             for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
-                z = layer.backend.matmul(weight_rows, columns[:, :c * kw, :], out=products[:tile.stop - tile.start, ...])
-                z = xp.reshape(z, (-1, kh, f, geometry.span))
+                size = tile.stop - tile.start
+                z = layer.backend.matmul(weight_rows, columns[:, :c * kw, :], out=products[:size, ...])
+                z = xp.reshape(z, (size, kh, f, geometry.span))
                 y[tile, ...] = z[:, 0, :, :length] if bias is None else z[:, 0, :, :length] + bias
                 for i in range(1, kh):
                     y[tile, ...] += z[:, i, :, i * shift:i * shift + length]
@@ -178,8 +180,8 @@ class RowwiseConv:
             wide = layer._scratch(f"dy@{part.start}", (tile_size, f, geometry.out_h, geometry.pitch), dy.dtype,
                                   zeroed=True)
             stacked = layer._scratch(f"stacked@{part.start}", (tile_size, kh, f, span), dy.dtype, zeroed=True)
-            column_grads = layer._scratch(f"column_grads@{part.start}", (tile_size, c * kw, span), dy.dtype) \
-                if input_grad else None
+            if input_grad:  # dR, in a buffer per thread kept between calls, like the forward's products
+                column_grads = layer._scratch(f"column_grads@{part.start}", (tile_size, c * kw, span), dy.dtype)
             grad = None
             for tile, columns in self._column_tiles(flat, geometry, part, forward_call):
                 size = tile.stop - tile.start
