@@ -69,7 +69,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     cpu = get_backend("cpu")
     model, optimizer = trained_pair(cpu, steps=1)
     save_checkpoint(tmp_path / "lnet.npz", model, optimizer, epoch=1, backend=cpu)
-    with pytest.raises(CheckpointError, match="checkpoint of model 'lnet', not 'mlp'; use --model lnet"):
+    with pytest.raises(CheckpointError, match="checkpoint of model 'lnet', not 'mlp'; use 'model' lnet"):
         load_checkpoint(tmp_path / "lnet.npz").restore_model(build_model("mlp"), cpu)
     checkpoint = load_checkpoint(tmp_path / "lnet.npz")
     checkpoint.params["9.weight"] = np.zeros((12, 256), dtype=np.float32)

@@ -14,7 +14,7 @@ from helpers import SMALL, ambiguous, one_error_line, reference_channel_stats, r
 from models import build_model
 from training.checkpoint import load_checkpoint
 from training.data import DataLoader, channel_stats
-from training.errors import TrainingDiverged, XpnetError
+from training.errors import TrainingDiverged, XpnetError, settings_named
 from training.optim import SGD, Adam
 from training.trainer import Trainer, write_metrics
 
@@ -125,8 +125,10 @@ def test_a_tied_best_accuracy_keeps_the_first_epoch_in_best_npz_and_best_epoch(s
 def test_write_metrics_failure_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
     path = tmp_path / "file" / "metrics.json"
-    with pytest.raises(XpnetError, match=rf"cannot write {path}: .*choose a writable folder with --out"):
+    with pytest.raises(XpnetError, match=rf"cannot write {path}: .*choose a writable folder with 'out'"):
         write_metrics(path, {}, [{"epoch": 1, "test_acc": 0.5}])
+    with settings_named(lambda name: f"--{name}"), pytest.raises(XpnetError, match="choose a writable folder with --out"):
+        write_metrics(path, {}, [{"epoch": 1, "test_acc": 0.5}])  # the command line names the setting by its flag
 
 
 # -- the loss becomes NaN or infinite --------------------------------------------------------------
@@ -140,7 +142,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, rng):
     trainer.fit(loader, loader, epochs=1)
     good = (tmp_path / "checkpoint.npz").read_bytes()
     optimizer.lr = 1e12
-    with pytest.raises(TrainingDiverged, match=r"became (nan|inf).*try a smaller --lr.*is intact"):
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf).*try a smaller 'lr'.*is intact"):
         trainer.fit(loader, loader, epochs=3, start_epoch=1)
     assert (tmp_path / "checkpoint.npz").read_bytes() == good
 

@@ -16,7 +16,7 @@ from layers import CrossEntropyLoss
 
 from .atomic import write_atomically
 from .checkpoint import save_checkpoint
-from .errors import TrainingDiverged, XpnetError
+from .errors import TrainingDiverged, XpnetError, setting
 from .metrics import confusion_matrix, per_class_accuracy
 from .plots import first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters, plot_mistakes
 from .tally import CorrectCount, Tally
@@ -186,7 +186,7 @@ class Trainer:
             f"the test loss became {value} after epoch {epoch}"
         raise TrainingDiverged(
             f"{where}: the learning rate (lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; "
-            f"try a smaller --lr{kept}"
+            f"try a smaller {setting('lr')}{kept}"
         )
 
     def _check_not_exploded(self, value: float, epoch: int, step: int | None) -> None:
@@ -198,7 +198,7 @@ class Trainer:
         where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
         self.warn(f"warning: the training loss is {value:.4g} at {where}, more than {EXPLODED_LOSS_FACTOR}x the "
                   f"{chance:.2f} of guessing: the weights have blown up; the learning rate "
-                  f"(lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; try a smaller --lr")
+                  f"(lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; try a smaller {setting('lr')}")
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, loader) -> Evaluation:
@@ -283,7 +283,7 @@ def evaluate(model, loader, backend) -> Evaluation:
 
 
 def _write_error(path: Path, exc: OSError) -> XpnetError:
-    return XpnetError(f"cannot write {path}: {exc.strerror or exc}; free some disk space or choose a writable folder with --out")
+    return XpnetError(f"cannot write {path}: {exc.strerror or exc}; free some disk space or choose a writable folder with {setting('out')}")
 
 
 def write_metrics(path: Path, config: dict, history: list[dict], evaluation: Evaluation | None = None) -> None:
