@@ -60,6 +60,9 @@ class Trainer:
     continues the schedule where it was). A training loss that explodes but stays finite
     gets one warning through ``warn`` (stderr by default).
 
+    ``progress``: a progress bar per epoch, drawn only in a terminal or a notebook (not into
+    a file or a CI log, where ``log``'s one line per epoch says enough).
+
     The running loss and the count of correct predictions stay on the device; they are
     read back only every ``refresh_every`` steps (for the progress bar) and at the end of
     the epoch, so the GPU is not made to wait for the host on every step.
@@ -129,8 +132,10 @@ class Trainer:
         # Σ loss·batch and Σ correct stay on the device until read (every refresh_every steps)
         loss_sum, correct = Tally(xp), CorrectCount(self.backend)
         seen = 0
+        # disable=None: a bar only where it can be redrawn (a terminal; a notebook draws a widget). Into a file or a
+        # CI log each redraw would be one more line; there the per-epoch line is the progress (Keras' verbose=2).
         bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=None if self.progress else True, dynamic_ncols=True)
         start = time.perf_counter()
         try:
             for step, (x, y) in enumerate(loader, start=1):
