@@ -20,9 +20,9 @@ from backends import get_backend
 from helpers import EDITS, call_cli, evaluated, mutate, reference_channel_stats
 from layers import CrossEntropyLoss
 from models import MLP, build_model
-from training.checkpoint import load_checkpoint, save_checkpoint
 from training.errors import CheckpointError
 from training.optim import SGD, Adam
+from training.saving.checkpoint import load_checkpoint, save_checkpoint
 
 
 def trained_pair(backend, steps=3):

@@ -18,8 +18,8 @@ from backends import get_backend
 from helpers import TINY
 from models import build_model
 from test_trainer import separable_loader
+from training.loop.trainer import Trainer
 from training.optim import SGD
-from training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from helpers import run
-from training.checkpoint import load_checkpoint
 from training.data.synthetic import make_synthetic
 from training.errors import XpnetError
 from training.run import Prediction, RunConfig, RunInterrupted, RunResult, SettingError, evaluate, predict, train
 from training.run.config import RESUMED_SETTINGS
+from training.saving.checkpoint import load_checkpoint
 
 SMALL = dict(model="lnet", train_size=96, test_size=48, batch_size=32, device="cpu", quiet=True, seed=0)
 

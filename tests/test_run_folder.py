@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from helpers import SMALL, TINY, copy_run, one_error_line, run, snapshot
+from training.loop.trainer import Trainer
 from training.run import folder as run_folder
-from training.checkpoint import load_checkpoint
-from training.trainer import Trainer
+from training.saving.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 REPO = Path(__file__).resolve().parent.parent

@@ -12,11 +12,12 @@ from backends import get_backend
 from helpers import SMALL, ambiguous, one_error_line, reference_channel_stats, reference_cross_entropy, \
     reference_forward, reference_normalise, run
 from models import build_model
-from training.checkpoint import load_checkpoint
 from training.data import DataLoader, channel_stats
 from training.errors import TrainingDiverged, XpnetError, settings_named
+from training.loop.trainer import Trainer
 from training.optim import SGD, Adam
-from training.trainer import Trainer, write_metrics
+from training.saving.checkpoint import load_checkpoint
+from training.saving.metrics_file import write_metrics
 
 
 def separable_images(rng, n: int):
@@ -107,7 +108,7 @@ def test_a_tied_best_accuracy_keeps_the_first_epoch_in_best_npz_and_best_epoch(s
     accuracy: the best epoch is the first one, in metrics.json and in best.npz alike."""
     from training.data import DataLoader
     from training.optim import SGD
-    from training.trainer import Trainer
+    from training.loop.trainer import Trainer
 
     _, arrays = svhn_patches
     cpu = get_backend("cpu")

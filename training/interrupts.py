@@ -15,7 +15,7 @@ make sure the interrupt is not lost:
 * :func:`check` raises KeyboardInterrupt again if a signal has arrived. The CLI calls it
   between the steps of its start-up, and :class:`StopOnSignal` calls it before every batch,
   so a swallowed interrupt ends the run one batch later.
-* Inside :func:`deferred` (used by ``training.atomic.write_atomically``), the handler only
+* Inside :func:`deferred` (used by ``training.saving.atomic.write_atomically``), the handler only
   records the signal: the file is finished, and the next :func:`check` stops the run.
 * :func:`quiet_unraisable` keeps Python from printing a swallowed KeyboardInterrupt.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint
+from ..saving.checkpoint import load_checkpoint
 from ..errors import CheckpointError, XpnetError, setting
 from .config import (COMMAND_SETTINGS, EVALUATION_SETTINGS, MODELS, PREDICTION_SETTINGS, RESUMED_SETTINGS, SVHN_ONLY, SYNTHETIC_ONLY,
                      RunConfig, check_saved_setting)

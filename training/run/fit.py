@@ -10,7 +10,6 @@ optimizer and schedule (prepare.py), then let the Trainer train, save and draw e
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,11 @@ from pathlib import Path
 from models import build_model
 
 from .. import interrupts
-from ..checkpoint import read_header
 from ..data import DataLoader
 from ..data.augment import RandomShift
 from ..errors import CheckpointError, XpnetError, setting
-from ..trainer import Evaluation, Trainer
+from ..loop.trainer import Evaluation, Trainer
+from ..saving.checkpoint import read_header
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
 from .config import EVALUATION_BATCH, MAX_SHIFT, RESUMED_SETTINGS, RunConfig
 from .folder import FolderInUseError, RunFolder, check_new_run, check_resume_target, claim

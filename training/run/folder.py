@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from ..checkpoint import read_header
+from ..saving.checkpoint import read_header
 from ..errors import CheckpointError, XpnetError, setting
 
 try:

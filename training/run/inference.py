@@ -24,9 +24,8 @@ from .. import interrupts
 from ..data import DataLoader
 from ..data.images import read_image
 from ..errors import DataError, XpnetError, setting
-from ..metrics import per_class_accuracy
-from ..trainer import Evaluation
-from ..trainer import evaluate as evaluate_model
+from ..loop.metrics import per_class_accuracy
+from ..loop.trainer import Evaluation, evaluate as evaluate_model
 from .checks import check_command_settings, check_data_settings, checked_checkpoint
 from .config import EVALUATION_BATCH, EVALUATION_SETTINGS, PREDICTION_SETTINGS, RunConfig
 from .fit import _logger

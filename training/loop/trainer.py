@@ -1,7 +1,6 @@
 """Trainer: epochs of training and evaluation, progress, history, checkpoints and plots."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -14,11 +13,12 @@ from tqdm.auto import tqdm
 
 from layers import CrossEntropyLoss
 
-from .atomic import write_atomically
-from .checkpoint import save_checkpoint
-from .errors import TrainingDiverged, XpnetError, setting
-from .metrics import confusion_matrix, per_class_accuracy
-from .plots import first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters, plot_mistakes
+from ..errors import TrainingDiverged, XpnetError, setting
+from ..saving.checkpoint import save_checkpoint
+from ..saving.metrics_file import write_error, write_metrics
+from ..saving.plots import (first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters,
+                            plot_mistakes)
+from .metrics import confusion_matrix
 from .tally import CorrectCount, Tally
 
 
@@ -230,7 +230,7 @@ class Trainer:
                 try:
                     plot(out / name)
                 except OSError as exc:
-                    raise _write_error(out / name, exc) from exc
+                    raise write_error(out / name, exc) from exc
         except XpnetError as exc:
             raise XpnetError(f"{exc} ({out / 'checkpoint.npz'} holds epoch {epoch}; resume from it)") from exc
 
@@ -285,20 +285,3 @@ def evaluate(model, loader, backend) -> Evaluation:
         confidence=backend.to_numpy(xp.concat(confidences)).astype(np.float64),
         indices=indices,
     )
-
-
-def _write_error(path: Path, exc: OSError) -> XpnetError:
-    return XpnetError(f"cannot write {path}: {exc.strerror or exc}; free some disk space or choose a writable folder with {setting('out')}")
-
-
-def write_metrics(path: Path, config: dict, history: list[dict], evaluation: Evaluation | None = None) -> None:
-    """metrics.json: the config, one object per epoch, and the last evaluation's details."""
-    best = max(history, key=lambda row: row["test_acc"]) if history else None
-    document = {"config": config, "history": history, "best_epoch": best["epoch"] if best else None}
-    if evaluation is not None:
-        document["per_class_accuracy"] = [None if math.isnan(v) else v for v in per_class_accuracy(evaluation.confusion).tolist()]
-        document["confusion"] = evaluation.confusion.tolist()
-    try:
-        write_atomically(path, lambda stream: json.dump(document, stream, indent=2), text=True)
-    except OSError as exc:
-        raise _write_error(path, exc) from exc

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_atomically
-from .errors import CheckpointError, setting
+from ..errors import CheckpointError, setting
 
 FORMAT_VERSION = 1
 # What the trainer writes for each epoch; metrics.json holds the same rows.
