@@ -38,14 +38,12 @@ from pathlib import Path  # noqa: E402
 from training import interrupts  # noqa: E402
 from training.errors import XpnetError, settings_named  # noqa: E402
 from training.run import RunConfig, RunInterrupted, evaluate, predict, train  # noqa: E402
-from training.run.config import (EVALUATION_BATCH, MAX_SHIFT, MODELS, MOMENTUM, NON_NEGATIVE_FLOAT,  # noqa: E402
-                                 NON_NEGATIVE_INT, OPTIMIZERS, POSITIVE_FLOAT, POSITIVE_INT, PROBABILITY, COMMAND_SETTINGS)
+from training.run.config import (COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT, MODELS,  # noqa: E402
+                                 MOMENTUM, NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, OPTIMIZERS, POSITIVE_FLOAT, POSITIVE_INT,
+                                 PROBABILITY)
 from training.run.prepare import check_environment  # noqa: E402
 from training.run.streams import readers_may_leave  # noqa: E402
 from training.schedules import SCHEDULES  # noqa: E402
-
-PURPOSES = {"evaluate": "only measures a checkpoint on a test set", "predict": "only classifies the images"}
-
 
 # -- the flags --------------------------------------------------------------------------------------
 def typed(rule):
@@ -143,7 +141,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--predict needs --checkpoint CKPT (a best.npz or checkpoint.npz of a training run)")
     if args.checkpoint and not args.predict:
         parser.error("--checkpoint goes with --predict; to evaluate a checkpoint use --evaluate CKPT")
-    for command, purpose in PURPOSES.items():
+    for command, purpose in COMMAND_PURPOSES.items():
         if getattr(args, command):
             ignored = [name for name in given_flags(flags, args) if name not in COMMAND_SETTINGS[command] and name != command]
             if ignored:
@@ -174,7 +172,7 @@ def train_command(args: argparse.Namespace) -> int:
     except RunInterrupted as interrupt:
         report_interrupt(interrupt)
         return 130
-    best, final = result.history[result.best_epoch - result.history[0]["epoch"]], result.history[-1]
+    best, final = result.best, result.history[-1]
     print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
           f"files in {result.folder}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png")
     return 0

@@ -39,6 +39,7 @@ COMMAND_SETTINGS = {
     "evaluate": ("device", "dtype", "model", "batch_size", "dataset", "data_dir", "download", "test_size", "seed", "quiet"),
     "predict": ("checkpoint", "device", "dtype", "model", "batch_size", "quiet"),
 }
+COMMAND_PURPOSES = {"evaluate": "only measures a checkpoint on a test set", "predict": "only classifies the images"}
 SYNTHETIC_ONLY = ("train_size", "test_size")
 SVHN_ONLY = ("data_dir", "download", "extra")
 

@@ -47,6 +47,11 @@ class RunResult:
     evaluation: Evaluation
     config: RunConfig
 
+    @property
+    def best(self) -> dict:
+        """The history's row of the best epoch."""
+        return next(row for row in self.history if row["epoch"] == self.best_epoch)
+
 
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a run; every completed epoch is kept.

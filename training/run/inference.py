@@ -55,7 +55,7 @@ def evaluate(checkpoint, config: RunConfig | None = None, *, log=None, **options
     ``config`` (or ``options``, RunConfig's fields) chooses another. ``batch_size`` here is
     images per forward pass (default EVALUATION_BATCH).
     """
-    chosen = _chosen(config, options, "evaluate", "only measures a checkpoint on a test set")
+    chosen = _chosen(config, options, "evaluate")
     log = _logger(chosen, log)
     checkpoint = checked_checkpoint(Path(checkpoint).expanduser(), "evaluate", chosen)
     config = chosen.resolved(checkpoint, used=EVALUATION_SETTINGS)
@@ -83,7 +83,7 @@ def evaluate(checkpoint, config: RunConfig | None = None, *, log=None, **options
 def predict(checkpoint, images, config: RunConfig | None = None, *, log=None, **options) -> Prediction:
     """The network's class probabilities for ``images``: uint8 arrays (N, 32, 32, 3) or (N, 3, 32, 32),
     or a list of image files (PNG, JPEG, ...; each read as 32×32 RGB)."""
-    chosen = _chosen(config, options, "predict", "only classifies the images")
+    chosen = _chosen(config, options, "predict")
     log = _logger(chosen, log)
     checkpoint = checked_checkpoint(Path(checkpoint).expanduser(), "predict", chosen)
     config = chosen.resolved(checkpoint, used=PREDICTION_SETTINGS)
@@ -102,9 +102,10 @@ def predict(checkpoint, images, config: RunConfig | None = None, *, log=None, **
     return Prediction(probabilities)
 
 
-def _chosen(config: RunConfig | None, options: dict, command: str, purpose: str) -> RunConfig:
+def _chosen(config: RunConfig | None, options: dict, command: str) -> RunConfig:
+    """The settings ``command`` is given: ``config``'s, changed by ``options``; only those it honours."""
     chosen = RunConfig(**options) if config is None else RunConfig(**{**vars(config), **options})
-    check_command_settings(chosen, command, purpose)
+    check_command_settings(chosen, command)
     return chosen
 
 
