@@ -17,16 +17,14 @@ from pathlib import Path
 from models import build_model
 
 from .. import interrupts
-from ..data import DataLoader
-from ..data.augment import RandomShift
 from ..errors import CheckpointError, XpnetError, setting
 from ..loop.trainer import Evaluation, Trainer
 from ..saving.checkpoint import read_header
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
-from .config import EVALUATION_BATCH, MAX_SHIFT, RESUMED_SETTINGS, RunConfig
+from .config import RESUMED_SETTINGS, RunConfig
 from .folder import FolderInUseError, RunFolder, check_new_run, check_resume_target, claim
-from .prepare import (choose_backend, load_training_data, make_optimizer, model_options, normalisation_of, np_quiet,
-                      out_of_memory_advice, planned_schedule)
+from .prepare import (choose_backend, load_training_data, make_loaders, make_optimizer, model_options, normalisation_of,
+                      np_quiet, out_of_memory_advice, planned_schedule)
 
 
 @dataclass
@@ -179,13 +177,8 @@ def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: R
                              f"change when resuming (its buffers depend on it): leave out {setting('momentum')}")
         start_epoch, history = checkpoint.epoch, list(checkpoint.history)
 
-    loader_options = dict(backend=backend, mean=mean, std=std, dtype=config.dtype)
-    augment = RandomShift(MAX_SHIFT, seed=config.seed) if config.augment else None
-    train_loader = DataLoader(train_set.images, train_set.labels, config.batch_size, shuffle=True, seed=config.seed,
-                              augment=augment, **loader_options)
+    train_loader, test_loader = make_loaders(config, train_set, test_set, backend, mean, std)
     schedule = planned_schedule(config, len(train_loader), checkpoint, log)
-    test_loader = DataLoader(test_set.images, test_set.labels, max(config.batch_size, EVALUATION_BATCH), shuffle=False,
-                             **loader_options)
     log(model.summary(config.batch_size))
     what = f"resuming at epoch {start_epoch + 1}" if checkpoint else "training"
     log(f"{what}: {config.model} on {backend.name} ({config.dtype}), {optimizer!r}, batch {config.batch_size}, "
