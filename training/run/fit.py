@@ -23,8 +23,8 @@ from ..saving.checkpoint import read_header
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
 from .config import RESUMED_SETTINGS, RunConfig
 from .folder import FolderInUseError, RunFolder, check_new_run, check_resume_target, claim
-from .prepare import (choose_backend, load_training_data, make_loaders, make_optimizer, model_options, normalisation_of,
-                      np_quiet, out_of_memory_advice, planned_schedule)
+from .prepare import (choose_backend, load_training_data, logger, make_loaders, make_optimizer, model_options,
+                      normalisation_of, np_quiet, out_of_memory_advice, planned_schedule)
 
 
 @dataclass
@@ -77,7 +77,7 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     ``log`` receives each progress line (default: print them, unless ``config.quiet``).
     Raises XpnetError (one clear message) for a mistake, RunInterrupted on Ctrl-C.
     """
-    log = _logger(config, log)
+    log = logger(config, log)
     chosen = config
     checkpoint = checked_checkpoint(chosen.resume, "resume", chosen) if chosen.resume is not None else None
     config = chosen.resolved(checkpoint, used=RESUMED_SETTINGS)
@@ -99,7 +99,7 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        interrupts.shutting_down()  # a program that catches signals is on its way out: a second Ctrl-C cannot cut this short
+        interrupts.shutting_down()  # under cli.py's signal handling: a second Ctrl-C cannot cut this short
         saved_epoch = None
         if folder is not None:
             try:
@@ -113,12 +113,6 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     best = max(trainer.history, key=lambda row: row["test_acc"])
     return RunResult(history=trainer.history, model=trainer.model, backend=trainer.backend, folder=folder.path,
                      best_epoch=best["epoch"], evaluation=trainer.last_evaluation, config=config)
-
-
-def _logger(config: RunConfig, log):
-    if config.quiet:
-        return lambda message: None
-    return log if log is not None else (lambda message: print(message, flush=True))
 
 
 def claim_output_folder(chosen: RunConfig, config: RunConfig, checkpoint) -> tuple[RunFolder, list[str]]:

@@ -28,8 +28,7 @@ from ..loop.metrics import per_class_accuracy
 from ..loop.trainer import Evaluation, evaluate as evaluate_model
 from .checks import check_command_settings, check_data_settings, checked_checkpoint
 from .config import EVALUATION_BATCH, EVALUATION_SETTINGS, PREDICTION_SETTINGS, RunConfig
-from .fit import _logger
-from .prepare import choose_backend, load_test_data, np_quiet, out_of_memory_advice
+from .prepare import choose_backend, load_test_data, logger, np_quiet, out_of_memory_advice
 
 
 @dataclass
@@ -56,7 +55,7 @@ def evaluate(checkpoint, config: RunConfig | None = None, *, log=None, **options
     images per forward pass (default EVALUATION_BATCH).
     """
     chosen = _chosen(config, options, "evaluate")
-    log = _logger(chosen, log)
+    log = logger(chosen, log)
     checkpoint = checked_checkpoint(Path(checkpoint).expanduser(), "evaluate", chosen)
     config = chosen.resolved(checkpoint, used=EVALUATION_SETTINGS)
     check_data_settings(chosen, config, "evaluate", checkpoint)
@@ -84,7 +83,7 @@ def predict(checkpoint, images, config: RunConfig | None = None, *, log=None, **
     """The network's class probabilities for ``images``: uint8 arrays (N, 32, 32, 3) or (N, 3, 32, 32),
     or a list of image files (PNG, JPEG, ...; each read as 32×32 RGB)."""
     chosen = _chosen(config, options, "predict")
-    log = _logger(chosen, log)
+    log = logger(chosen, log)
     checkpoint = checked_checkpoint(Path(checkpoint).expanduser(), "predict", chosen)
     config = chosen.resolved(checkpoint, used=PREDICTION_SETTINGS)
     mean, std = checkpoint.normalisation()

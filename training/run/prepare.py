@@ -26,6 +26,13 @@ from .config import EVALUATION_BATCH, MAX_SHIFT, RunConfig
 BYTES_PER_IMAGE = 3 * 32 * 32
 
 
+def logger(config: RunConfig, log=None):
+    """Where progress lines go: ``log`` (default print), or nowhere with ``config.quiet``."""
+    if config.quiet:
+        return lambda message: None
+    return log if log is not None else (lambda message: print(message, flush=True))
+
+
 # -- the device -------------------------------------------------------------------------------------
 def check_environment() -> None:
     """XPNET_NUM_THREADS, when set, must be a whole number ≥ 1 (the cpu backend's threads)."""
