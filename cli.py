@@ -143,18 +143,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--checkpoint goes with --predict; to evaluate a checkpoint use --evaluate CKPT")
     for command, purpose in COMMAND_PURPOSES.items():
         if getattr(args, command):
-            ignored = [name for name in given_flags(flags, args) if name not in COMMAND_SETTINGS[command] and name != command]
+            given = [dest for dest, action in flags.items() if getattr(args, dest) != action.default]
+            ignored = [name for name in given if name not in COMMAND_SETTINGS[command] and name != command]
             if ignored:
                 parser.error(f"{flag_name(ignored[0])} does not apply to --{command}, which {purpose}; leave it out")
     return args
 
 
-def given_flags(flags: dict[str, argparse.Action], args: argparse.Namespace) -> list[str]:
-    """The destinations of the flags given on the command line (those that differ from their defaults)."""
-    return [dest for dest, action in flags.items() if getattr(args, dest) != action.default]
-
-
 def flag_name(dest: str) -> str:
+    """The flag of a setting, as messages name it here: lr -> --lr, batch_size -> --batch-size."""
     return "--" + dest.replace("_", "-")
 
 
@@ -241,23 +238,22 @@ def run(argv) -> tuple[int, str | None]:
         check_environment()
         with warnings_as_lines(), settings_named(flag_name):  # messages name settings by their flags
             return COMMANDS[command](args), command
-    except XpnetError as exc:
+    except (XpnetError, KeyboardInterrupt, MemoryError, OSError) as exc:
         interrupts.shutting_down()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2, command
-    except KeyboardInterrupt:
-        interrupts.shutting_down()
-        print("interrupted", file=sys.stderr)
-        return 130, command
-    except MemoryError:
-        interrupts.shutting_down()
-        print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
-        return 2, command
-    except OSError as exc:  # the system refused something no check above foresaw (a permission, a full disk)
-        interrupts.shutting_down()
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; check that file's permissions and the free disk space", file=sys.stderr)
-        return 2, command
+        print(failure_line(exc), file=sys.stderr)
+        return (130 if isinstance(exc, KeyboardInterrupt) else 2), command
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line on stderr for what ended a command."""
+    if isinstance(exc, XpnetError):
+        return f"error: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, MemoryError):
+        return "error: out of memory; try a smaller --batch-size"
+    where = f": {exc.filename}" if exc.filename else ""  # an OSError no check foresaw (a permission, a full disk)
+    return f"error: {exc.strerror or exc}{where}; check that file's permissions and the free disk space"
 
 
 @contextmanager
