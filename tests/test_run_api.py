@@ -35,6 +35,7 @@ def test_defaults_fill_what_was_not_chosen():
     assert (config.lr, config.momentum, config.weight_decay, config.epochs, config.batch_size) == (0.05, 0.9, 0.0, 3, 64)
     assert RunConfig(optimizer="adamw").resolved().weight_decay == 1e-2
     assert RunConfig(epochs=3).chosen() == ["epochs"]
+    assert RunConfig(epochs=3.0, lr=1).epochs == 3 and type(RunConfig(epochs=3.0).epochs) is int
 
 
 @pytest.mark.parametrize("name, value, problem", [

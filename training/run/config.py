@@ -170,6 +170,8 @@ class RunConfig:
             problem = None if value is None else rule.problem(value)
             if problem:
                 raise SettingError(f"{setting(name)} = {value!r}: {problem}")
+            if value is not None and rule.kind is not None:  # 3.0 epochs is 3: a whole number where one is counted
+                setattr(self, name, rule.parse(str(value)))
         options = {"device": Rule(choices=DEVICES), "out": FOLDER, "resume": FOLDER,
                    "overwrite": FLAG, "download": FLAG, "quiet": FLAG}
         for name, rule in options.items():
