@@ -78,7 +78,7 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     Raises XpnetError (one clear message) for a mistake, RunInterrupted on Ctrl-C.
     """
     log = logger(config, log)
-    chosen = config
+    chosen = config  # the settings as given; ``config`` from here on: filled in from the checkpoint, then the defaults
     checkpoint = checked_checkpoint(chosen.resume, "resume", chosen) if chosen.resume is not None else None
     config = chosen.resolved(checkpoint, used=RESUMED_SETTINGS)
     check_data_settings(chosen, config, "resume" if checkpoint else "train", checkpoint)
