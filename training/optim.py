@@ -14,6 +14,8 @@ array-api-strict; this module never imports numpy or cupy.
 
 A rule must stay fusable (see backends/fusion.py): element-wise arithmetic only, numbers
 as arguments, and ``if`` only on its keyword switches, never on an array or a number.
+Every expression of numbers alone (1 - β1, γ/(1 - β1ᵗ)) is computed on the host, in the
+optimizer's ``_scalars``, and passed in: CuPy would compute it in float16 inside a kernel.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 from .optim_base import Optimizer, non_negative
 
 
-def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, *,
+def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, one_minus_dampening, weight_decay, *,
                decay: bool, with_momentum: bool, dampened: bool, nesterov: bool, first: bool) -> None:
     r"""One step of SGD, in place (torch.optim.SGD). With learning rate γ, weight decay λ,
     momentum μ, dampening τ and momentum buffer b::
@@ -33,6 +35,9 @@ def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, dampening, weight
         b ← μb + (1 - τ)g                        (later steps)
         g ← g + μb  (nesterov),  else  g ← b     (with momentum)
         θ ← θ - γg
+
+    ``one_minus_dampening`` is 1 - τ, computed on the host: inside a CuPy kernel arithmetic
+    on numbers alone would run in float16 (see backends/fusion.py).
     """
     g = grad + weight_decay * param if decay else grad    # g ← g + λθ
     if with_momentum:
@@ -41,13 +46,14 @@ def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, dampening, weight
             b[...] = g                                    # b ← g
         else:
             b *= momentum
-            b += (1 - dampening) * g if dampened else g   # b ← μb + (1 − τ)g
+            b += one_minus_dampening * g if dampened else g   # b ← μb + (1 − τ)g
         g = g + momentum * b if nesterov else b           # g ← g + μb, or g ← b
     param -= lr * g                                       # θ ← θ − γg
 
 
-def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-                bias_correction1, bias_correction2_sqrt, *, decay: str, amsgrad: bool) -> None:
+def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1, beta2,
+                one_minus_beta2, eps, weight_decay, decay_factor, step_size, bias_correction2_sqrt, *,
+                decay: str, amsgrad: bool) -> None:
     r"""One step of Adam or AdamW, in place (torch.optim.Adam/AdamW). With learning rate γ,
     betas β1 and β2, weight decay λ, step t, moments m (exp_avg) and v (exp_avg_sq)::
 
@@ -59,15 +65,19 @@ def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1,
         θ ← θ - γ m̂ / (√v̂ + ε),   m̂ = m/(1 - β1ᵗ),  v̂ = v/(1 - β2ᵗ)
 
     The last line is computed as torch computes it: (γ/(1 - β1ᵗ))·m / (√v/√(1 - β2ᵗ) + ε).
+    The numbers come computed on the host (Adam._scalars): ``one_minus_beta1`` = 1 - β1,
+    ``one_minus_beta2`` = 1 - β2, ``decay_factor`` = 1 - γλ, ``step_size`` = γ/(1 - β1ᵗ),
+    ``bias_correction2_sqrt`` = √(1 - β2ᵗ). Inside a CuPy kernel, arithmetic on numbers
+    alone would run in float16 (1 - 0.999 would be 0.00098), see backends/fusion.py.
     """
     if decay == "decoupled":
-        param *= 1 - lr * weight_decay                    # θ ← θ(1 − γλ)
+        param *= decay_factor                             # θ ← θ(1 − γλ)
     g = grad + weight_decay * param if decay == "l2" else grad   # g ← g + λθ
     m, v = exp_avg, exp_avg_sq
     m *= beta1
-    m += (1 - beta1) * g                                  # m ← β1·m + (1 − β1)·g
+    m += one_minus_beta1 * g                              # m ← β1·m + (1 − β1)·g
     v *= beta2
-    v += (1 - beta2) * (g * g)                            # v ← β2·v + (1 − β2)·g²
+    v += one_minus_beta2 * (g * g)                        # v ← β2·v + (1 − β2)·g²
     if amsgrad:
         max_exp_avg_sq[...] = xp.maximum(max_exp_avg_sq, v)
         v = max_exp_avg_sq                                # v ← v_max ← max(v_max, v)
@@ -77,7 +87,7 @@ def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1,
     denom /= bias_correction2_sqrt
     denom += eps                                          # √v̂ + ε
     step = m / denom
-    step *= lr / bias_correction1                         # γ·m̂ / (√v̂ + ε)
+    step *= step_size                                     # γ·m̂ / (√v̂ + ε)
     param -= step                                         # θ ← θ − γ·m̂ / (√v̂ + ε)
 
 
@@ -122,7 +132,8 @@ class SGD(Optimizer):
         return ("momentum_buffer",)
 
     def _scalars(self, step):
-        return (self.lr, self.momentum, self.dampening, self.weight_decay)
+        # Numbers are combined here, on the host, in float64 (see sgd_update).
+        return (self.lr, self.momentum, 1 - self.dampening, self.weight_decay)
 
     def _variant(self, step):
         with_momentum = self.momentum != 0
@@ -173,8 +184,10 @@ class Adam(Optimizer):
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def _scalars(self, step: int) -> tuple:
+        # Numbers are combined here, on the host, in float64 (see adam_update).
         beta1, beta2 = self.betas
-        return (self.lr, beta1, beta2, self.eps, self.weight_decay, 1 - beta1**step, math.sqrt(1 - beta2**step))
+        return (beta1, 1 - beta1, beta2, 1 - beta2, self.eps, self.weight_decay, 1 - self.lr * self.weight_decay,
+                self.lr / (1 - beta1**step), math.sqrt(1 - beta2**step))
 
     def _variant(self, step: int) -> dict[str, Any]:
         decay = "none" if self.weight_decay == 0 else "decoupled" if self.decoupled_weight_decay else "l2"
