@@ -7,6 +7,7 @@ function must always decide the result.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import numpy as np
@@ -126,11 +127,15 @@ class _Traced:
     def __init__(self, after_reduction=False, array=True):
         self.after_reduction, self.array = after_reduction, array
 
-    def _with(self, *others):
+    def _with(self, *others, arithmetic=True):
         traced = [self] + [o for o in others if isinstance(o, _Traced)]
         for o in others:
             if not isinstance(o, (_Traced, int, float, bool)):
                 raise NotFusable(f"an operand of type {type(o).__name__}")
+        if arithmetic and not any(t.array for t in traced):
+            # CuPy 14 makes each Python number a weak scalar and picks the smallest loop for
+            # an operation on weak scalars only: 1 - 0.999 is computed in float16 (0.00098).
+            raise NotFusable("arithmetic on numbers alone (compute it on the host and pass it in)")
         if len({t.after_reduction for t in traced}) > 1:
             raise NotFusable("a value from before the reduction (an argument, say) is used after it")
         return _Traced(traced[0].after_reduction, any(t.array for t in traced))
@@ -144,13 +149,13 @@ class _Traced:
     def __setitem__(self, key, value):
         if key is not Ellipsis and key != slice(None):
             raise NotFusable("assignment other than a[...] = b")
-        self._with(value)
+        self._with(value, arithmetic=False)
 
     def __bool__(self):
         raise NotFusable("a branch on an array value")
 
     def astype(self, dtype, copy=True):
-        return self._with()
+        return self._with(arithmetic=False)
 
 
 def _operator(name):
@@ -178,7 +183,7 @@ class _TracingNamespace:
         self.reductions = 0
 
     def astype(self, x, dtype, copy=True):
-        return x._with()
+        return x._with(arithmetic=False)
 
     def __getattr__(self, name):
         if name in self.ELEMENTWISE:
@@ -196,16 +201,29 @@ class _TracingNamespace:
         return _Traced(after_reduction=True)
 
 
+def _describe(value):
+    """An argument as the tracers need it: ("array", dtype name, shape) or ("number", value)."""
+    from backends import fusion
+
+    if fusion._is_array(value):
+        return ("array", str(value.dtype).split(".")[-1].strip("'>"), tuple(value.shape))
+    return ("number", value)
+
+
+@functools.lru_cache(maxsize=None)
 def _fused_calls():
     """Every fused function the models, losses, optimizers, loaders and random draws call, with
-    the kinds of arguments it was called with, gathered by running them on the strict backend."""
-    import functools
+    the kinds of arguments it was called with, gathered by running them on the strict backend.
 
+    Returns the functions (partials holding each variant's switches), their keys
+    (function, switches, argument kinds) and, for each, one call's arguments as _describe
+    gives them."""
     from backends import fusion
     from backends.random import device_random
     from benchmarks import ops
-    from layers import BatchNorm1D
+    from layers import BatchNorm1D, Dropout
     from training.optim import SGD, Adam, AdamW
+    from training.trainer import max_probability
 
     calls = {}
     original = fusion.FusedFunction.__call__
@@ -213,7 +231,7 @@ def _fused_calls():
     def record(self, *args):
         plain = self.plain
         kinds = tuple("array" if fusion._is_array(a) else type(a).__name__ for a in args)
-        calls[(plain.func, tuple(sorted(plain.keywords.items())), kinds)] = None
+        calls.setdefault((plain.func, tuple(sorted(plain.keywords.items())), kinds), [_describe(a) for a in args])
         return original(self, *args)
 
     strict = get_backend("strict")
@@ -224,7 +242,8 @@ def _fused_calls():
                 ops.step_function(model, mode, batch_size=4)()
         for make in (lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
                      lambda p: SGD(p, lr=0.1, momentum=0.9, dampening=0.5), lambda p: SGD(p, lr=0.1),
-                     lambda p: Adam(p, amsgrad=True, weight_decay=0.1), lambda p: AdamW(p)):
+                     lambda p: Adam(p, amsgrad=True, weight_decay=0.1), lambda p: AdamW(p),
+                     lambda p: AdamW(p, amsgrad=True)):
             params = [Parameter(strict.asarray(np.ones(3), dtype="float32"))]
             optimizer = make(params)
             for _ in range(2):
@@ -234,18 +253,24 @@ def _fused_calls():
         norm.forward(strict.asarray(np.arange(12.0).reshape(4, 3), dtype="float32"))
         norm.backward(strict.asarray(np.ones((4, 3)), dtype="float32"))
         norm.eval().forward(strict.asarray(np.ones((4, 3)), dtype="float32"))
+        dropout = Dropout(0.5, seed=0).to(strict)
+        dropout.forward(strict.asarray(np.ones((4, 3)), dtype="float32"))
+        dropout.backward(strict.asarray(np.ones((4, 3)), dtype="float32"))
+        logits = strict.asarray(np.ones((4, 3)), dtype="float32")
+        strict.fuse(max_probability)(logits, strict.xp.max(logits, axis=1, keepdims=True))
         draws = device_random(strict)
         draws.uniform(5, (3,), strict.xp.float32), draws.bits(5, (3,))
     finally:
         fusion.FusedFunction.__call__ = original
-    return [functools.partial(function, **dict(static)) for function, static, _ in calls], list(calls)
+    return ([functools.partial(function, **dict(static)) for function, static, _ in calls], list(calls),
+            list(calls.values()))
 
 
 def test_every_fused_function_follows_cupy_fuse_rules():
     """A function that cupy.fuse's tracer refuses still runs (as plain operations, with a
     warning), but costs its launches: the GPU budgets assume each one compiles."""
     pytest.importorskip("array_api_strict")
-    functions, calls = _fused_calls()
+    functions, calls, _ = _fused_calls()
     names = {getattr(f.func, "__name__", "?") for f in functions}
     assert {"relu_grad", "masked_sum", "first_max_rank", "route_to_first_max", "sum_exp", "mean_nll",
             "softmax_minus_onehot", "sgd_update", "adam_update", "normalise", "keep_mask"} <= names, names
@@ -277,3 +302,124 @@ def test_the_tracer_refuses_what_cupy_fuse_refuses():
         with pytest.raises(NotFusable):
             bad(_TracingNamespace(), *[_Traced() for _ in range(bad.__code__.co_argcount - 1)])
     assert isinstance(_TracingNamespace().sum(_Traced() * 2.0) + 1, _Traced)  # numbers are welcome after it
+
+
+def adam_update_with_numbers_inside(xp, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2):
+    """Adam's moment updates as they were once written: 1 - β2 computed inside the kernel."""
+    exp_avg *= beta1
+    exp_avg += (1 - beta1) * grad
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * (grad * grad)
+    param -= lr * exp_avg / xp.sqrt(exp_avg_sq)
+
+
+def test_the_tracer_refuses_arithmetic_on_numbers_alone():
+    """CuPy computes 1 - 0.999 of two Python numbers in float16 inside a kernel (0.00098)."""
+    with pytest.raises(NotFusable, match="numbers alone"):
+        adam_update_with_numbers_inside(_TracingNamespace(), *[_Traced() for _ in range(4)],
+                                        *[_Traced(array=False) for _ in range(3)])
+    with pytest.raises(NotFusable, match="numbers alone"):
+        _TracingNamespace().sqrt(_Traced(array=False))
+    assert isinstance(_Traced() * (2 * 0.5), _Traced)  # a number folded by Python before the call is fine
+
+
+# -- what CuPy itself would compile, traced without a GPU ----------------------------------------
+def _cupy_or_skip():
+    try:
+        import cupy
+        from cupy._core import _fusion_thread_local, fusion  # noqa: F401
+    except Exception as exc:  # not installed, or a wheel that cannot load here
+        pytest.skip(f"CuPy cannot be imported ({type(exc).__name__}: {exc}); install the extras' cupy-cuda12x")
+    return cupy
+
+
+def _placeholder(cupy, shape, dtype):
+    """A cupy.ndarray over memory that is never touched: tracing only reads shape and dtype."""
+    size = max(1, int(np.prod(shape))) * np.dtype(dtype).itemsize
+    memory = cupy.cuda.UnownedMemory(0x10000, size, None, 0)
+    return cupy.ndarray(shape, dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
+
+
+def cupy_trace(function, args, name="traced"):
+    """The kernel cupy.fuse (its old tracer, the one Backend.fuse uses) would build for
+    ``function(*args)``, and the dtypes of every operation in it. Nothing is compiled or run."""
+    cupy = _cupy_or_skip()
+    from cupy._core import _fusion_thread_local as local
+    from cupy._core import fusion
+
+    history = fusion._FusionHistory()
+    local.thread_local.history, local.thread_local.is_old_fusing = history, True
+    try:
+        kernel, _ = history.get_fusion(function, args, name)
+    finally:
+        local.thread_local.history, local.thread_local.is_old_fusing = None, False
+    operations = list(history.op_list) + list(getattr(history, "postmap_op_list", []))
+    op_dtypes = {f"{op}": [np.dtype(d) for d in op.dtypes] for op in operations}
+    reduction = getattr(history, "reduce_op", None)
+    if reduction is not None:
+        op_dtypes[f"reduction {reduction.routine[1]}"] = [np.dtype(d) for d in (*reduction.in_types,
+                                                                               *reduction.out_types)]
+    return kernel, op_dtypes
+
+
+def cupy_kernel_problems(function, described, float_dtype):
+    """What is wrong with CuPy's kernel for ``function`` called with ``described`` arguments
+    (float32 arrays made ``float_dtype``): a float16 operation, a float64 operation in a
+    float32 kernel, or an output dtype other than the plain function's on NumPy."""
+    cupy = _cupy_or_skip()
+    from array_api_compat import numpy as np_xp
+
+    from backends.registry import _FusionNamespace
+
+    def dtype_of(name):
+        return float_dtype if name == "float32" else np.dtype(name)
+
+    traced_args, plain_args = [], []
+    for kind, *rest in described:
+        if kind == "array":
+            dtype, shape = dtype_of(rest[0]), rest[1]
+            traced_args.append(_placeholder(cupy, shape, dtype))
+            plain_args.append(np.ones(shape, dtype))
+        else:
+            traced_args.append(rest[0])
+            plain_args.append(rest[0])
+    kernel, op_dtypes = cupy_trace(functools.partial(function.func, _FusionNamespace(cupy), **function.keywords),
+                                   tuple(traced_args))
+    problems = []
+    for op, dtypes in op_dtypes.items():
+        if np.dtype(np.float16) in dtypes:
+            problems.append(f"{op} computes in float16")
+        if float_dtype == np.float32 and np.dtype(np.float64) in dtypes:
+            problems.append(f"{op} computes in float64 in a float32 kernel")
+    with np.errstate(all="ignore"):
+        expected = functools.partial(function.func, np_xp, **function.keywords)(*plain_args)
+    expected = [] if expected is None else list(expected) if isinstance(expected, tuple) else [expected]
+    returned = [np.dtype(p.dtype) for p in kernel.out_params][-len(expected):] if expected else []
+    if [np.dtype(e.dtype) for e in expected] != returned:
+        problems.append(f"returns {returned}, the plain function {[np.dtype(e.dtype) for e in expected]}")
+    return problems
+
+
+@pytest.mark.parametrize("float_dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cupy_compiles_every_fused_function_in_the_model_dtype(float_dtype):
+    """CuPy's own tracer, on placeholder arrays (no GPU needed), for every fused function and
+    variant the training steps call: no float16 operation, no float64 one in a float32
+    kernel, and the plain function's output dtypes."""
+    _cupy_or_skip()
+    pytest.importorskip("array_api_strict")
+    functions, _, described = _fused_calls()
+    problems = {}
+    for function, arguments in zip(functions, described):
+        found = cupy_kernel_problems(function, arguments, np.dtype(float_dtype))
+        if found:
+            problems[f"{function.func.__name__}{dict(function.keywords)}"] = found
+    assert not problems, problems
+
+
+def test_the_cupy_check_refuses_numbers_computed_inside_a_kernel():
+    """The check above fails for Adam's moments written with 1 - β2 inside the kernel."""
+    _cupy_or_skip()
+    bad = functools.partial(adam_update_with_numbers_inside)
+    arguments = [("array", "float32", (5,))] * 4 + [("number", 1e-3), ("number", 0.9), ("number", 0.999)]
+    problems = cupy_kernel_problems(bad, arguments, np.dtype(np.float32))
+    assert any("float16" in p for p in problems), problems
