@@ -210,7 +210,7 @@ def _describe(value):
     return ("number", value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fused_calls():
     """Every fused function the models, losses, optimizers, loaders and random draws call, with
     the kinds of arguments it was called with, gathered by running them on the strict backend.
@@ -219,8 +219,8 @@ def _fused_calls():
     (function, switches, argument kinds) and, for each, one call's arguments as _describe
     gives them."""
     from backends import fusion
+    from backends.counting import step_function
     from backends.random import device_random
-    from benchmarks import ops
     from layers import BatchNorm1D, Dropout
     from training.optim import SGD, Adam, AdamW
     from training.trainer import max_probability
@@ -239,7 +239,7 @@ def _fused_calls():
     try:
         for model in ("lnet", "mlp", "cnn"):
             for mode in ("train", "train-adam", "infer", "trainer"):
-                ops.step_function(model, mode, batch_size=4)()
+                step_function(model, mode, batch_size=4)()
         for make in (lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
                      lambda p: SGD(p, lr=0.1, momentum=0.9, dampening=0.5), lambda p: SGD(p, lr=0.1),
                      lambda p: Adam(p, amsgrad=True, weight_decay=0.1), lambda p: AdamW(p),
@@ -343,7 +343,7 @@ def _placeholder(cupy, shape, dtype):
 def cupy_trace(function, args, name="traced"):
     """The kernel cupy.fuse (its old tracer, the one Backend.fuse uses) would build for
     ``function(*args)``, and the dtypes of every operation in it. Nothing is compiled or run."""
-    cupy = _cupy_or_skip()
+    _cupy_or_skip()
     from cupy._core import _fusion_thread_local as local
     from cupy._core import fusion
 
