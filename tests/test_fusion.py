@@ -427,35 +427,6 @@ def _cupy_or_skip():
     return cupy
 
 
-def _placeholder(cupy, shape, dtype):
-    """A cupy.ndarray over memory that is never touched: tracing only reads shape and dtype."""
-    size = max(1, int(np.prod(shape))) * np.dtype(dtype).itemsize
-    memory = cupy.cuda.UnownedMemory(0x10000, size, None, 0)
-    return cupy.ndarray(shape, dtype, memptr=cupy.cuda.MemoryPointer(memory, 0))
-
-
-def cupy_trace(function, args, name="traced"):
-    """The kernel cupy.fuse (its old tracer, the one Backend.fuse uses) would build for
-    ``function(*args)``, and the dtypes of every operation in it. Nothing is compiled or run."""
-    _cupy_or_skip()
-    from cupy._core import _fusion_thread_local as local
-    from cupy._core import fusion
-
-    history = fusion._FusionHistory()
-    local.thread_local.history, local.thread_local.is_old_fusing = history, True
-    try:
-        kernel, _ = history.get_fusion(function, args, name)
-    finally:
-        local.thread_local.history, local.thread_local.is_old_fusing = None, False
-    operations = list(history.op_list) + list(getattr(history, "postmap_op_list", []))
-    op_dtypes = {f"{op}": [np.dtype(d) for d in op.dtypes] for op in operations}
-    reduction = getattr(history, "reduce_op", None)
-    if reduction is not None:
-        op_dtypes[f"reduction {reduction.routine[1]}"] = [np.dtype(d) for d in (*reduction.in_types,
-                                                                               *reduction.out_types)]
-    return kernel, op_dtypes
-
-
 def cupy_kernel_problems(function, described, float_dtype):
     """What is wrong with CuPy's kernel for ``function`` called with ``described`` arguments
     (float32 arrays made ``float_dtype``): a float16 operation, a float64 operation in a
@@ -463,6 +434,7 @@ def cupy_kernel_problems(function, described, float_dtype):
     cupy = _cupy_or_skip()
     from array_api_compat import numpy as np_xp
 
+    from backends.cupy_trace import cupy_trace, placeholder
     from backends.registry import _FusionNamespace
 
     def dtype_of(name):
@@ -472,7 +444,7 @@ def cupy_kernel_problems(function, described, float_dtype):
     for kind, *rest in described:
         if kind == "array":
             dtype, shape = dtype_of(rest[0]), rest[1]
-            traced_args.append(_placeholder(cupy, shape, dtype))
+            traced_args.append(placeholder(shape, dtype))
             plain_args.append(np.ones(shape, dtype))
         else:
             traced_args.append(rest[0])
