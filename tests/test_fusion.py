@@ -122,7 +122,7 @@ def test_the_check_compares_each_change_within_a_few_ulps(x, kernel_result, acce
 
 
 def adam_arguments(n=1000, lr=1e-3, weight_decay=1e-2, seed=0):
-    """adam_update's arguments at step 1 (AdamW's defaults), float32, numbers as Adam._scalars gives them."""
+    """adam_update's arguments at step 1 (AdamW's defaults), float32, numbers as Adam._step_arguments gives them."""
     rng = np.random.default_rng(seed)
     arrays = [rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32),
               np.zeros(n, np.float32), np.zeros(n, np.float32), None]

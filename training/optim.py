@@ -15,7 +15,7 @@ array-api-strict; this module never imports numpy or cupy.
 A rule must stay fusable (see backends/fusion.py): element-wise arithmetic only, numbers
 as arguments, and ``if`` only on its keyword switches, never on an array or a number.
 Every expression of numbers alone (1 - β1, γ/(1 - β1ᵗ)) is computed on the host, in the
-optimizer's ``_scalars``, and passed in: CuPy would compute it in float16 inside a kernel.
+optimizer's ``_step_arguments``, and passed in: CuPy would compute it in float16 inside a kernel.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one
         θ ← θ - γ m̂ / (√v̂ + ε),   m̂ = m/(1 - β1ᵗ),  v̂ = v/(1 - β2ᵗ)
 
     The last line is computed as torch computes it: (γ/(1 - β1ᵗ))·m / (√v/√(1 - β2ᵗ) + ε).
-    The numbers come computed on the host (Adam._scalars): ``one_minus_beta1`` = 1 - β1,
+    The numbers come computed on the host (Adam._step_arguments): ``one_minus_beta1`` = 1 - β1,
     ``one_minus_beta2`` = 1 - β2, ``decay_factor`` = 1 - γλ, ``step_size`` = γ/(1 - β1ᵗ),
     ``bias_correction2_sqrt`` = √(1 - β2ᵗ). Inside a CuPy kernel, arithmetic on numbers
     alone would run in float16 (1 - 0.999 would be 0.00098), see backends/fusion.py.
@@ -101,6 +101,7 @@ class SGD(Optimizer):
 
     rule = sgd_update
     hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    state_names = ("momentum_buffer",)
 
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
@@ -127,18 +128,13 @@ class SGD(Optimizer):
     def _array_state(cls, hyper):
         return ("momentum_buffer",) if hyper["momentum"] != 0 else ()
 
-    @classmethod
-    def _all_state_names(cls):
-        return ("momentum_buffer",)
-
-    def _scalars(self, step):
+    def _step_arguments(self, step):
         # Numbers are combined here, on the host, in float64 (see sgd_update).
-        return (self.lr, self.momentum, 1 - self.dampening, self.weight_decay)
-
-    def _variant(self, step):
+        numbers = (self.lr, self.momentum, 1 - self.dampening, self.weight_decay)
         with_momentum = self.momentum != 0
-        return {"decay": self.weight_decay != 0, "with_momentum": with_momentum, "dampened": self.dampening != 0,
-                "nesterov": self.nesterov, "first": with_momentum and step == 1}
+        return numbers, {"decay": self.weight_decay != 0, "with_momentum": with_momentum,
+                         "dampened": self.dampening != 0, "nesterov": self.nesterov,
+                         "first": with_momentum and step == 1}
 
 
 class Adam(Optimizer):
@@ -151,7 +147,7 @@ class Adam(Optimizer):
 
     rule = adam_update
     hyper_names = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-    scalar_state_keys = frozenset({"step"})
+    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     counts_steps = True
     decoupled_weight_decay = False
 
@@ -179,19 +175,13 @@ class Adam(Optimizer):
     def _array_state(cls, hyper):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hyper["amsgrad"] else ())
 
-    @classmethod
-    def _all_state_names(cls):
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    def _scalars(self, step: int) -> tuple:
+    def _step_arguments(self, step: int) -> tuple[tuple, dict[str, Any]]:
         # Numbers are combined here, on the host, in float64 (see adam_update).
         beta1, beta2 = self.betas
-        return (beta1, 1 - beta1, beta2, 1 - beta2, self.eps, self.weight_decay, 1 - self.lr * self.weight_decay,
-                self.lr / (1 - beta1**step), math.sqrt(1 - beta2**step))
-
-    def _variant(self, step: int) -> dict[str, Any]:
+        numbers = (beta1, 1 - beta1, beta2, 1 - beta2, self.eps, self.weight_decay, 1 - self.lr * self.weight_decay,
+                   self.lr / (1 - beta1**step), math.sqrt(1 - beta2**step))
         decay = "none" if self.weight_decay == 0 else "decoupled" if self.decoupled_weight_decay else "l2"
-        return {"decay": decay, "amsgrad": self.amsgrad}
+        return numbers, {"decay": decay, "amsgrad": self.amsgrad}
 
 
 class AdamW(Adam):
