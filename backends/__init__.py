@@ -11,11 +11,13 @@ outside the Python array API standard is refused; the tests use it to prove that
 layer code would run unchanged on CuPy).
 """
 from .base import Backend, BackendUnavailableError, host_rng
+from .fusion import FusionFallbackWarning
 from .registry import BACKEND_NAMES, available_backends, backend_of, get_backend
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "FusionFallbackWarning",
     "BACKEND_NAMES",
     "available_backends",
     "backend_of",

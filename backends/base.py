@@ -175,6 +175,12 @@ class Backend:
         return [{"function": fused.name, "signature": str(signature), "compiled": used}
                 for fused in self._fused.values() for signature, used in fused.checked().items()]
 
+    def fallbacks(self) -> list[str]:
+        """One line per fused kernel that was not used (so its plain version runs), with why:
+        ``"adam_update_amsgrad_False_decay_none: output 0 differs by 0.1"``. Empty off cuda."""
+        lines = (f"{fused.name}: {problem}" for fused in self._fused.values() for problem in fused.problems.values())
+        return list(dict.fromkeys(lines))  # one line for signatures that failed alike
+
     def matmul(self, a, b, out=None):
         """``a @ b``, written into ``out`` when given (so a gradient lands in its buffer with no copy)."""
         if out is None:

@@ -231,3 +231,66 @@ def count_operations(unfused: bool = False):
         with _PATCH_LOCK:
             for owner, name, original in reversed(patched):
                 setattr(owner, name, original)
+
+
+# -- the training steps whose operations are counted (benchmarks/ops.py, the tests) -------------
+def step_function(model_name: str, mode: str, batch_size: int, backend_name: str = "strict"):
+    """A function that runs one step of ``mode`` (train, train-adam, infer, trainer), already
+    warmed up (its first steps done). benchmarks/ops.py counts these steps; the tests trace
+    their fused functions. (Imports inside: models and training import backends.)"""
+    import numpy as np
+
+    from backends import get_backend
+    from layers import CrossEntropyLoss
+    from models import build_model
+    from training.optim import SGD, Adam
+
+    backend = get_backend(backend_name)
+    model = build_model(model_name, seed=0, backend=backend)
+    rng = np.random.default_rng(0)
+    if mode == "trainer":
+        return _trainer_step(model, backend, batch_size, rng)
+    x = backend.asarray(rng.standard_normal((batch_size, *model.input_shape), dtype=np.float32))
+    labels = backend.asarray(rng.integers(0, model.num_classes, size=batch_size))
+    loss_fn = CrossEntropyLoss(check_labels=False)
+    optimizer = Adam(model.parameters()) if mode == "train-adam" else SGD(model.parameters(), lr=0.01, momentum=0.9)
+    if mode == "infer":
+        model.eval()
+
+    def step():
+        if mode == "infer":
+            model.forward(x)
+            return
+        loss_fn.forward(model.forward(x), labels)
+        model.backward(loss_fn.backward(), input_grad=False)
+        optimizer.step()
+
+    for _ in range(2):  # first steps make state, indices and buffers once
+        step()
+    return step
+
+
+def _trainer_step(model, backend, batch_size: int, rng):
+    """One batch of Trainer._train_epoch, with a device-resident loader, as on cuda."""
+    import numpy as np
+
+    from training.data.augment import RandomShift
+    from training.data.loader import DataLoader
+    from training.optim import Adam
+    from training.schedules import make_schedule
+    from training.loop.trainer import Trainer
+
+    images = rng.integers(0, 256, size=(3 * batch_size, *model.input_shape), dtype=np.uint8)
+    labels = rng.integers(0, model.num_classes, size=3 * batch_size)
+    recipe = model.name == "cnn"  # --augment --schedule onecycle
+    loader = DataLoader(images, labels, batch_size, backend, mean=[0.5] * 3, std=[0.25] * 3, device_resident=True,
+                        augment=RandomShift(3) if recipe else None)
+    trainer = Trainer(model, Adam(model.parameters()), backend, progress=False, log=lambda _: None,
+                      refresh_every=10**9, schedule=make_schedule("onecycle", 3e-3, 100) if recipe else None)
+    batches = iter(loader)
+
+    def step():
+        trainer.train_step(*next(batches))
+
+    step()
+    return step

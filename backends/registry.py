@@ -68,6 +68,12 @@ def _cuda() -> Backend:
             f"device 'cuda': CuPy is installed but failed to import ({_one_line(exc)}); "
             f"reinstall the CuPy wheel that matches your CUDA driver, or run with --device cpu"
         ) from exc
+    version = getattr(cupy, "__version__", None)
+    if version is not None and _major_version(version) < MIN_CUPY_MAJOR:
+        raise BackendUnavailableError(
+            f"device 'cuda': CuPy {cupy.__version__} is too old; xpnet needs CuPy {MIN_CUPY_MAJOR} or newer: "
+            + CUDA_INSTALL_HINT
+        )
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
@@ -77,13 +83,7 @@ def _cuda() -> Backend:
         ) from exc
     if count == 0:
         raise BackendUnavailableError("device 'cuda': CuPy is installed but no NVIDIA GPU was found; run with --device cpu")
-    try:
-        cupy.zeros(1).sum().item()  # fails here, not mid-training, if kernels cannot run
-    except Exception as exc:
-        raise BackendUnavailableError(
-            f"device 'cuda': a GPU was found but a test kernel failed ({_one_line(exc)}); "
-            "the CuPy wheel probably does not match the CUDA driver: " + CUDA_INSTALL_HINT
-        ) from exc
+    _probe(cupy)
     import array_api_compat.cupy as xp
 
     return Backend(
@@ -99,6 +99,45 @@ def _cuda() -> Backend:
         _compile=lambda function, name: cupy.fuse(kernel_name=name)(function),
         fusion_namespace=_FusionNamespace(cupy),
     )
+
+
+MIN_CUPY_MAJOR = 14  # ndarray.mT, and the array API functions the layers call
+
+
+def _major_version(version: str) -> int:
+    """14 for "14.2.0"; a development version's leading number too ("15.0.0rc1" → 15)."""
+    digits = str(version).split(".")[0]
+    return int(digits) if digits.isdigit() else MIN_CUPY_MAJOR
+
+
+def _probe(cupy) -> None:
+    """Compile and run, once, one of each kind of kernel training needs, so that a GPU that
+    cannot (no NVRTC or cuBLAS: a machine with only the driver) is refused here with the
+    reason, not by a traceback at the first step. Each result is checked against NumPy."""
+    x = np.arange(6, dtype=np.float32)
+    a, b = x.reshape(2, 3), x.reshape(3, 2)
+    kinds = {
+        "an element-wise kernel (compiled by NVRTC)": (lambda d: d * 2 + 1, x * 2 + 1, x),
+        "a matrix product (cuBLAS)": (lambda d: cupy.matmul(d.reshape(2, 3), d.reshape(3, 2)), a @ b, x),
+        "a batched matrix product (cuBLAS)": (
+            lambda d: cupy.matmul(d.reshape(2, 2, 3), d.reshape(2, 3, 2)),
+            np.matmul(np.arange(12, dtype=np.float32).reshape(2, 2, 3), np.arange(12, dtype=np.float32).reshape(2, 3, 2)),
+            np.arange(12, dtype=np.float32)),
+        "a fused kernel (cupy.fuse)": (lambda d: cupy.fuse(kernel_name="xpnet_probe")(lambda u, v: u * v + 1)(d, d),
+                                       x * x + 1, x),
+    }
+    for what, (run, expected, host) in kinds.items():
+        try:
+            result = cupy.asnumpy(run(cupy.asarray(host)))
+            works = np.allclose(result, expected)
+        except Exception as exc:
+            raise BackendUnavailableError(
+                f"device 'cuda': a GPU was found but CuPy could not compile and run {what} ({_one_line(exc)}); "
+                'the CUDA toolkit libraries (NVRTC, cuBLAS) are missing or do not match the driver: '
+                'pip install ".[cuda12]" or ".[cuda13]" installs them with CuPy, or run with --device cpu'
+            ) from exc
+        if not works:
+            raise BackendUnavailableError(f"device 'cuda': {what} gave a wrong result on this GPU; run with --device cpu")
 
 
 class _FusionNamespace:

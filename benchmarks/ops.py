@@ -36,6 +36,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from backends.counting import step_function  # the training steps counted (the tests use them too)
+
 MODELS = ("lnet", "mlp", "cnn")
 MODES = ("train", "train-adam", "infer", "trainer")
 # Launch budgets per step at batch 250 (issue 9), and torch eager's kernel counts (CUPTI,
@@ -62,67 +64,6 @@ BEFORE_REWRITE = {
     ("lnet", "train"): 171, ("lnet", "train-adam"): 259, ("lnet", "infer"): 53,
     ("mlp", "train"): 50, ("mlp", "train-adam"): 94, ("mlp", "infer"): 10,
 }
-
-
-def step_function(model_name: str, mode: str, batch_size: int, backend_name: str = "strict"):
-    """A function that runs one step of ``mode``, already warmed up (its first steps done)."""
-    import numpy as np
-
-    from backends import get_backend
-    from layers import CrossEntropyLoss
-    from models import build_model
-    from training.optim import SGD, Adam
-
-    backend = get_backend(backend_name)
-    model = build_model(model_name, seed=0, backend=backend)
-    rng = np.random.default_rng(0)
-    if mode == "trainer":
-        return _trainer_step(model, backend, batch_size, rng)
-    x = backend.asarray(rng.standard_normal((batch_size, *model.input_shape), dtype=np.float32))
-    labels = backend.asarray(rng.integers(0, model.num_classes, size=batch_size))
-    loss_fn = CrossEntropyLoss(check_labels=False)
-    optimizer = Adam(model.parameters()) if mode == "train-adam" else SGD(model.parameters(), lr=0.01, momentum=0.9)
-    if mode == "infer":
-        model.eval()
-
-    def step():
-        if mode == "infer":
-            model.forward(x)
-            return
-        loss_fn.forward(model.forward(x), labels)
-        model.backward(loss_fn.backward(), input_grad=False)
-        optimizer.step()
-
-    for _ in range(2):  # first steps make state, indices and buffers once
-        step()
-    return step
-
-
-def _trainer_step(model, backend, batch_size: int, rng):
-    """One batch of Trainer._train_epoch, with a device-resident loader, as on cuda."""
-    import numpy as np
-
-    from training.data.loader import DataLoader
-    from training.optim import Adam
-    from training.loop.trainer import Trainer
-
-    from training.data.augment import RandomShift
-    from training.schedules import make_schedule
-
-    images = rng.integers(0, 256, size=(3 * batch_size, *model.input_shape), dtype=np.uint8)
-    labels = rng.integers(0, model.num_classes, size=3 * batch_size)
-    recipe = model.name == "cnn"  # --augment --schedule onecycle
-    loader = DataLoader(images, labels, batch_size, backend, mean=[0.5] * 3, std=[0.25] * 3, device_resident=True,
-                        augment=RandomShift(3) if recipe else None)
-    trainer = Trainer(model, Adam(model.parameters()), backend, progress=False, log=lambda _: None,
-                      refresh_every=10**9, schedule=make_schedule("onecycle", 3e-3, 100) if recipe else None)
-    batches = iter(loader)
-
-    def step():
-        trainer.train_step(*next(batches))
-
-    step()
-    return step
 
 
 def count(model_name: str, mode: str, batch_size: int = 250, unfused: bool = False):

@@ -64,11 +64,12 @@ def centered_square_sum(xp, x, mean, scale, *, axes):
     return xp.sum(centered * centered * scale, axis=axes)
 
 
-def update_running_stats(xp, running_mean, running_var, mean, var, momentum, unbias, eps):
+def update_running_stats(xp, running_mean, running_var, mean, var, momentum, one_minus_momentum, unbias, eps):
     """running ← (1 - momentum)·running + momentum·batch, with the unbiased variance var·M/(M-1),
-    in place; returns 1/√(var + eps) for the normalisation."""
-    running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-    running_var[...] = (1 - momentum) * running_var + momentum * (var * unbias)
+    in place; returns 1/√(var + eps) for the normalisation. ``one_minus_momentum`` comes
+    computed on the host: in a CuPy kernel, 1 - momentum of two numbers would be float16."""
+    running_mean[...] = one_minus_momentum * running_mean + momentum * mean
+    running_var[...] = one_minus_momentum * running_var + momentum * (var * unbias)
     return 1 / xp.sqrt(var + eps)
 
 
@@ -168,7 +169,7 @@ class _BatchNorm(Layer):
             mean, var = self._statistics_in_tiles(x, tile)
         mean_b = xp.reshape(mean, shape)
         inverse_std = fuse(update_running_stats)(self.running_mean, self.running_var, mean, var, self.momentum,
-                                                 count / (count - 1), self.eps)
+                                                 1 - self.momentum, count / (count - 1), self.eps)
         inverse_std_b = xp.reshape(inverse_std, shape)
         self._cache = (x, mean_b, inverse_std_b, count)
         if tile is None:

@@ -78,6 +78,39 @@ def _fake_cupy(device_count):
     return types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count)))
 
 
+class CompileException(Exception):
+    """Stands in for cupy.cuda.compiler.CompileException."""
+
+
+class _NoCompiler(np.ndarray):
+    """An array of a fake CuPy whose run-time compiler (NVRTC) is missing: arithmetic fails."""
+
+    def __mul__(self, other):
+        raise CompileException("nvrtc: error: failed to open libnvrtc-builtins.so.12.8")
+
+
+def _fake_cupy_on_a_gpu(version="14.2.0", failing=None):
+    """CuPy on one GPU, NumPy underneath; ``failing`` ("nvrtc", "cublas", "fuse") breaks one
+    kind of kernel as a machine with only the NVIDIA driver would."""
+    def matmul(a, b):
+        if failing == "cublas":
+            raise RuntimeError("CUBLAS_STATUS_NOT_INITIALIZED")
+        return np.matmul(a, b)
+
+    def fuse(kernel_name=None):
+        if failing == "fuse":
+            raise CompileException("nvrtc: error: cannot open source file cuda_fp16.h")
+        return lambda function: function
+
+    def asarray(host):
+        array = np.array(host)
+        return array.view(_NoCompiler) if failing == "nvrtc" else array
+
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    return types.SimpleNamespace(__version__=version, cuda=types.SimpleNamespace(runtime=runtime), asarray=asarray,
+                                 asnumpy=np.asarray, matmul=matmul, fuse=fuse)
+
+
 CUPY_BANNER = """
 ================================================================
 Failed to import CuPy.
@@ -99,6 +132,13 @@ CUDA_FAULTS = {
     "no-gpu": (_fake_cupy(0), ["no NVIDIA GPU was found", "--device cpu"]),
     "broken-driver": (_fake_cupy(CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")),
                       ["the CUDA driver could not be used (CUDARuntimeError: cudaErrorInsufficientDriver", "nvidia-smi"]),
+    "cupy-13": (_fake_cupy_on_a_gpu("13.6.0"), ["CuPy 13.6.0 is too old; xpnet needs CuPy 14 or newer", '".[cuda12]"']),
+    "no-nvrtc": (_fake_cupy_on_a_gpu(failing="nvrtc"),
+                 ["could not compile and run an element-wise kernel (compiled by NVRTC) (CompileException: nvrtc",
+                  '".[cuda12]"', "--device cpu"]),
+    "no-cublas": (_fake_cupy_on_a_gpu(failing="cublas"),
+                  ["could not compile and run a matrix product (cuBLAS) (RuntimeError: CUBLAS_STATUS_NOT_INITIALIZED"]),
+    "no-fuse": (_fake_cupy_on_a_gpu(failing="fuse"), ["could not compile and run a fused kernel (cupy.fuse)"]),
 }
 
 
@@ -136,7 +176,7 @@ def test_cuda_unavailable_is_one_line_naming_the_cause(fault, fake_cuda, capsys)
 
 
 @pytest.mark.usefixtures("private_cache")
-@pytest.mark.parametrize("fault", ["no-cupy", "broken-driver"])
+@pytest.mark.parametrize("fault", ["no-cupy", "broken-driver", "cupy-13", "no-nvrtc"])
 def test_auto_falls_back_to_cpu_with_a_notice(fault, fake_cuda, tmp_path, capsys):
     cause, phrases = CUDA_FAULTS[fault]
     fake_cuda(cause)

@@ -7,14 +7,15 @@ function must always decide the result.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import numpy as np
 import pytest
 
-from backends import get_backend
+from backends import FusionFallbackWarning, get_backend
 from layers.parameter import Parameter
-from training.optim import sgd_update
+from training.optim import adam_update, sgd_update
 
 
 def axpy(xp, y, a, x):
@@ -57,7 +58,7 @@ def test_a_kernel_that_fails_to_compile_falls_back_with_one_warning():
 
     backend = backend_with(compile_)
     y = np.ones(2)
-    with pytest.warns(RuntimeWarning, match="fused kernel 'axpy' was not used .*keepdims"):
+    with pytest.warns(FusionFallbackWarning, match="fused kernel 'axpy' was not used .*keepdims"):
         np.testing.assert_array_equal(backend.fuse(axpy)(y, 1.0, np.ones(2)), [4.0, 4.0])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no second warning for the same signature
@@ -74,12 +75,106 @@ def test_a_kernel_with_a_wrong_result_is_undone_and_replaced():
 
     backend = backend_with(compile_)
     y = np.zeros(3)
-    with pytest.warns(RuntimeWarning, match="differs"):
+    with pytest.warns(FusionFallbackWarning, match="differs"):
         result = backend.fuse(axpy)(y, 1.0, np.ones(3))
     np.testing.assert_array_equal(y, [1.0, 1.0, 1.0])
     np.testing.assert_array_equal(result, [2.0, 2.0, 2.0])
     backend.fuse(axpy)(y, 1.0, np.ones(3))
     np.testing.assert_array_equal(y, [2.0, 2.0, 2.0])
+
+
+def shift_in_place(xp, y, x):
+    """y ← y + x, in place (nothing returned)."""
+    y += x
+
+
+def kernel_writing(values):
+    """A stand-in compiler whose kernel writes ``values(plain result)`` into y."""
+    def compile_(function, name):
+        def kernel(y, x):
+            expected = np.array(y, copy=True)
+            function(expected, x)
+            y[...] = values(expected)
+        return kernel
+    return compile_
+
+
+@pytest.mark.parametrize("x, kernel_result, accepted", [
+    (np.float32([1.0, 2.0]), lambda e: np.nextafter(e, np.float32(np.inf)), True),   # one ulp off: rounding
+    (np.float32([np.nan, 2.0]), lambda e: e, True),                                   # NaN where the plain has NaN
+    (np.float32([np.inf, -np.inf]), lambda e: e, True),                               # the same infinities
+    (np.float32([1.0, 2.0]), lambda e: np.where([True, False], np.nan, e), False),     # NaN the plain has not
+    (np.float32([np.inf, 2.0]), lambda e: np.where([True, False], 3e38, e), False),    # finite for an infinity
+    (np.float32([1e-3, 2e-3]), lambda e: e * np.float32(1 + 1e-3), False),             # 0.1 % of the value
+], ids=["one-ulp", "nan", "inf", "new-nan", "lost-inf", "relative-1e-3"])
+def test_the_check_compares_each_change_within_a_few_ulps(x, kernel_result, accepted):
+    backend = backend_with(kernel_writing(kernel_result))
+    y = np.float32([3.0, -1.0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(invalid="ignore"):
+            backend.fuse(shift_in_place)(y, x)
+    assert (not caught) == accepted, [str(w.message) for w in caught]
+    assert (not backend.fallbacks()) == accepted
+    plain = np.float32([3.0, -1.0]) + x
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(y, kernel_result(plain) if accepted else plain)  # refused: undone, plain kept
+
+
+def adam_arguments(n=1000, lr=1e-3, weight_decay=1e-2, seed=0):
+    """adam_update's arguments at step 1 (AdamW's defaults), float32, numbers as Adam._step_arguments gives them."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32),
+              np.zeros(n, np.float32), np.zeros(n, np.float32), None]
+    beta1, beta2 = 0.9, 0.999
+    return arrays + [beta1, 1 - beta1, beta2, 1 - beta2, 1e-8, weight_decay, 1 - lr * weight_decay,
+                     lr / (1 - beta1), (1 - beta2) ** 0.5]
+
+
+def float16_numbers(*positions):
+    """A stand-in for CuPy 14's fused kernel, which computed the numbers at ``positions`` in float16."""
+    def compile_(function, name):
+        def kernel(*args):
+            args = [float(np.float16(a)) if i in positions else a for i, a in enumerate(args)]
+            return function(*args)
+        return kernel
+    return compile_
+
+
+@pytest.mark.parametrize("positions, what", [((11,), "AdamW's 1 - lr*wd rounded to 1.0"), ((8,), "1 - beta2"),
+                                             ((6,), "1 - beta1"), ((12,), "lr / (1 - beta1^t)")])
+def test_the_check_refuses_a_kernel_that_computes_numbers_in_float16(positions, what):
+    """At lr 1e-3 these errors are below the old tolerance on the values (1e-4 of their size)
+    but far above a few ulps of each element's change."""
+    backend = backend_with(float16_numbers(*positions))
+    arguments = adam_arguments()
+    expected = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in arguments]
+    adam_update(backend.xp, *expected, decay="decoupled", amsgrad=False)
+    with pytest.warns(FusionFallbackWarning, match="changed differently"):
+        backend.fuse(adam_update, decay="decoupled", amsgrad=False)(*arguments)
+    np.testing.assert_array_equal(arguments[0], expected[0])  # undone, and the plain step taken
+    assert len(backend.fallbacks()) == 1 and "adam_update" in backend.fallbacks()[0], what
+
+
+def test_a_kernel_rounding_once_where_the_plain_rounds_twice_is_accepted():
+    """A compiled kernel contracts a*b+c and keeps values in registers: here it computes in
+    float64 and rounds once at the end; its changes are within an ulp or two."""
+    def compile_(function, name):
+        def kernel(*args):
+            wide = [np.asarray(a, np.float64) if isinstance(a, np.ndarray) else a for a in args]
+            function(*wide)
+            for original, w in zip(args, wide):
+                if isinstance(original, np.ndarray):
+                    original[...] = w
+        return kernel
+
+    backend = backend_with(compile_)
+    for step in range(3):
+        arguments = adam_arguments(seed=step)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            backend.fuse(adam_update, decay="l2", amsgrad=False)(*arguments)
+    assert backend.fallbacks() == []
 
 
 def test_variants_are_separate_kernels_and_numbers_are_arguments():
@@ -126,11 +221,15 @@ class _Traced:
     def __init__(self, after_reduction=False, array=True):
         self.after_reduction, self.array = after_reduction, array
 
-    def _with(self, *others):
+    def _with(self, *others, arithmetic=True):
         traced = [self] + [o for o in others if isinstance(o, _Traced)]
         for o in others:
             if not isinstance(o, (_Traced, int, float, bool)):
                 raise NotFusable(f"an operand of type {type(o).__name__}")
+        if arithmetic and not any(t.array for t in traced):
+            # CuPy 14 makes each Python number a weak scalar and picks the smallest loop for
+            # an operation on weak scalars only: 1 - 0.999 is computed in float16 (0.00098).
+            raise NotFusable("arithmetic on numbers alone (compute it on the host and pass it in)")
         if len({t.after_reduction for t in traced}) > 1:
             raise NotFusable("a value from before the reduction (an argument, say) is used after it")
         return _Traced(traced[0].after_reduction, any(t.array for t in traced))
@@ -144,13 +243,13 @@ class _Traced:
     def __setitem__(self, key, value):
         if key is not Ellipsis and key != slice(None):
             raise NotFusable("assignment other than a[...] = b")
-        self._with(value)
+        self._with(value, arithmetic=False)
 
     def __bool__(self):
         raise NotFusable("a branch on an array value")
 
     def astype(self, dtype, copy=True):
-        return self._with()
+        return self._with(arithmetic=False)
 
 
 def _operator(name):
@@ -178,7 +277,7 @@ class _TracingNamespace:
         self.reductions = 0
 
     def astype(self, x, dtype, copy=True):
-        return x._with()
+        return x._with(arithmetic=False)
 
     def __getattr__(self, name):
         if name in self.ELEMENTWISE:
@@ -196,16 +295,29 @@ class _TracingNamespace:
         return _Traced(after_reduction=True)
 
 
+def _describe(value):
+    """An argument as the tracers need it: ("array", dtype name, shape) or ("number", value)."""
+    from backends import fusion
+
+    if fusion._is_array(value):
+        return ("array", str(value.dtype).split(".")[-1].strip("'>"), tuple(value.shape))
+    return ("number", value)
+
+
+@functools.cache
 def _fused_calls():
     """Every fused function the models, losses, optimizers, loaders and random draws call, with
-    the kinds of arguments it was called with, gathered by running them on the strict backend."""
-    import functools
+    the kinds of arguments it was called with, gathered by running them on the strict backend.
 
+    Returns the functions (partials holding each variant's switches), their keys
+    (function, switches, argument kinds) and, for each, one call's arguments as _describe
+    gives them."""
     from backends import fusion
+    from backends.counting import step_function
     from backends.random import device_random
-    from benchmarks import ops
-    from layers import BatchNorm1D
+    from layers import BatchNorm1D, Dropout
     from training.optim import SGD, Adam, AdamW
+    from training.loop.trainer import max_probability
 
     calls = {}
     original = fusion.FusedFunction.__call__
@@ -213,7 +325,7 @@ def _fused_calls():
     def record(self, *args):
         plain = self.plain
         kinds = tuple("array" if fusion._is_array(a) else type(a).__name__ for a in args)
-        calls[(plain.func, tuple(sorted(plain.keywords.items())), kinds)] = None
+        calls.setdefault((plain.func, tuple(sorted(plain.keywords.items())), kinds), [_describe(a) for a in args])
         return original(self, *args)
 
     strict = get_backend("strict")
@@ -221,10 +333,11 @@ def _fused_calls():
     try:
         for model in ("lnet", "mlp", "cnn"):
             for mode in ("train", "train-adam", "infer", "trainer"):
-                ops.step_function(model, mode, batch_size=4)()
+                step_function(model, mode, batch_size=4)()
         for make in (lambda p: SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
                      lambda p: SGD(p, lr=0.1, momentum=0.9, dampening=0.5), lambda p: SGD(p, lr=0.1),
-                     lambda p: Adam(p, amsgrad=True, weight_decay=0.1), lambda p: AdamW(p)):
+                     lambda p: Adam(p, amsgrad=True, weight_decay=0.1), lambda p: AdamW(p),
+                     lambda p: AdamW(p, amsgrad=True)):
             params = [Parameter(strict.asarray(np.ones(3), dtype="float32"))]
             optimizer = make(params)
             for _ in range(2):
@@ -234,18 +347,24 @@ def _fused_calls():
         norm.forward(strict.asarray(np.arange(12.0).reshape(4, 3), dtype="float32"))
         norm.backward(strict.asarray(np.ones((4, 3)), dtype="float32"))
         norm.eval().forward(strict.asarray(np.ones((4, 3)), dtype="float32"))
+        dropout = Dropout(0.5, seed=0).to(strict)
+        dropout.forward(strict.asarray(np.ones((4, 3)), dtype="float32"))
+        dropout.backward(strict.asarray(np.ones((4, 3)), dtype="float32"))
+        logits = strict.asarray(np.ones((4, 3)), dtype="float32")
+        strict.fuse(max_probability)(logits, strict.xp.max(logits, axis=1, keepdims=True))
         draws = device_random(strict)
         draws.uniform(5, (3,), strict.xp.float32), draws.bits(5, (3,))
     finally:
         fusion.FusedFunction.__call__ = original
-    return [functools.partial(function, **dict(static)) for function, static, _ in calls], list(calls)
+    return ([functools.partial(function, **dict(static)) for function, static, _ in calls], list(calls),
+            list(calls.values()))
 
 
 def test_every_fused_function_follows_cupy_fuse_rules():
     """A function that cupy.fuse's tracer refuses still runs (as plain operations, with a
     warning), but costs its launches: the GPU budgets assume each one compiles."""
     pytest.importorskip("array_api_strict")
-    functions, calls = _fused_calls()
+    functions, calls, _ = _fused_calls()
     names = {getattr(f.func, "__name__", "?") for f in functions}
     assert {"relu_grad", "masked_sum", "first_max_rank", "route_to_first_max", "sum_exp", "mean_nll",
             "softmax_minus_onehot", "sgd_update", "adam_update", "normalise", "keep_mask"} <= names, names
@@ -277,3 +396,122 @@ def test_the_tracer_refuses_what_cupy_fuse_refuses():
         with pytest.raises(NotFusable):
             bad(_TracingNamespace(), *[_Traced() for _ in range(bad.__code__.co_argcount - 1)])
     assert isinstance(_TracingNamespace().sum(_Traced() * 2.0) + 1, _Traced)  # numbers are welcome after it
+
+
+def adam_update_with_numbers_inside(xp, param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2):
+    """Adam's moment updates as they were once written: 1 - β2 computed inside the kernel."""
+    exp_avg *= beta1
+    exp_avg += (1 - beta1) * grad
+    exp_avg_sq *= beta2
+    exp_avg_sq += (1 - beta2) * (grad * grad)
+    param -= lr * exp_avg / xp.sqrt(exp_avg_sq)
+
+
+def test_the_tracer_refuses_arithmetic_on_numbers_alone():
+    """CuPy computes 1 - 0.999 of two Python numbers in float16 inside a kernel (0.00098)."""
+    with pytest.raises(NotFusable, match="numbers alone"):
+        adam_update_with_numbers_inside(_TracingNamespace(), *[_Traced() for _ in range(4)],
+                                        *[_Traced(array=False) for _ in range(3)])
+    with pytest.raises(NotFusable, match="numbers alone"):
+        _TracingNamespace().sqrt(_Traced(array=False))
+    assert isinstance(_Traced() * (2 * 0.5), _Traced)  # a number folded by Python before the call is fine
+
+
+# -- what CuPy itself would compile, traced without a GPU ----------------------------------------
+def _cupy_or_skip():
+    try:
+        import cupy
+        from cupy._core import _fusion_thread_local, fusion  # noqa: F401
+    except Exception as exc:  # not installed, or a wheel that cannot load here
+        pytest.skip(f"CuPy cannot be imported ({type(exc).__name__}: {exc}); install the extras' cupy-cuda12x")
+    return cupy
+
+
+def cupy_kernel_problems(function, described, float_dtype):
+    """What is wrong with CuPy's kernel for ``function`` called with ``described`` arguments
+    (float32 arrays made ``float_dtype``): a float16 operation, a float64 operation in a
+    float32 kernel, or an output dtype other than the plain function's on NumPy."""
+    cupy = _cupy_or_skip()
+    from array_api_compat import numpy as np_xp
+
+    from backends.cupy_trace import cupy_trace, placeholder
+    from backends.registry import _FusionNamespace
+
+    def dtype_of(name):
+        return float_dtype if name == "float32" else np.dtype(name)
+
+    traced_args, plain_args = [], []
+    for kind, *rest in described:
+        if kind == "array":
+            dtype, shape = dtype_of(rest[0]), rest[1]
+            traced_args.append(placeholder(shape, dtype))
+            plain_args.append(np.ones(shape, dtype))
+        else:
+            traced_args.append(rest[0])
+            plain_args.append(rest[0])
+    kernel, op_dtypes = cupy_trace(functools.partial(function.func, _FusionNamespace(cupy), **function.keywords),
+                                   tuple(traced_args))
+    problems = []
+    for op, dtypes in op_dtypes.items():
+        if np.dtype(np.float16) in dtypes:
+            problems.append(f"{op} computes in float16")
+        if float_dtype == np.float32 and np.dtype(np.float64) in dtypes:
+            problems.append(f"{op} computes in float64 in a float32 kernel")
+    with np.errstate(all="ignore"):
+        expected = functools.partial(function.func, np_xp, **function.keywords)(*plain_args)
+    expected = [] if expected is None else list(expected) if isinstance(expected, tuple) else [expected]
+    returned = [np.dtype(p.dtype) for p in kernel.out_params][-len(expected):] if expected else []
+    if [np.dtype(e.dtype) for e in expected] != returned:
+        problems.append(f"returns {returned}, the plain function {[np.dtype(e.dtype) for e in expected]}")
+    return problems
+
+
+@pytest.mark.parametrize("float_dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_cupy_compiles_every_fused_function_in_the_model_dtype(float_dtype):
+    """CuPy's own tracer, on placeholder arrays (no GPU needed), for every fused function and
+    variant the training steps call: no float16 operation, no float64 one in a float32
+    kernel, and the plain function's output dtypes."""
+    _cupy_or_skip()
+    pytest.importorskip("array_api_strict")
+    functions, _, described = _fused_calls()
+    problems = {}
+    for function, arguments in zip(functions, described):
+        found = cupy_kernel_problems(function, arguments, np.dtype(float_dtype))
+        if found:
+            problems[f"{function.func.__name__}{dict(function.keywords)}"] = found
+    assert not problems, problems
+
+
+def test_the_cupy_check_refuses_numbers_computed_inside_a_kernel():
+    """The check above fails for Adam's moments written with 1 - β2 inside the kernel."""
+    _cupy_or_skip()
+    bad = functools.partial(adam_update_with_numbers_inside)
+    arguments = [("array", "float32", (5,))] * 4 + [("number", 1e-3), ("number", 0.9), ("number", 0.999)]
+    problems = cupy_kernel_problems(bad, arguments, np.dtype(np.float32))
+    assert any("float16" in p for p in problems), problems
+
+
+# -- a fallback is visible in a CLI run ----------------------------------------------------------
+def test_a_cli_run_lists_the_kernels_that_fell_back(monkeypatch, capsys, tmp_path):
+    """cli.py silences NumPy's RuntimeWarnings during training; the Trainer's list of fallbacks
+    still reaches stderr, once. The cpu backend is given a compiler whose kernels return
+    results 1 % off."""
+    from backends import registry
+    from helpers import TINY, run
+
+    def off_by_a_percent(function, name):
+        def kernel(*args):
+            result = function(*args)
+            if isinstance(result, np.ndarray) and result.dtype.kind == "f":
+                return result * np.asarray(1.01, result.dtype) + np.asarray(1, result.dtype)
+            return result
+        return kernel
+
+    cpu = registry._FACTORIES["cpu"]()
+    fake = dataclasses.replace(cpu, _compile=off_by_a_percent, fusion_namespace=cpu.xp, _fused={})
+    monkeypatch.setitem(registry._FACTORIES, "cpu", lambda: fake)
+    code, _, err = run(TINY + ["--epochs", "2", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "fell back" in line]
+    assert len(lines) == 1, err  # once, not once per epoch
+    assert lines[0].startswith("warning: ") and "relu_grad" in lines[0] and "differs" in lines[0], lines[0]

@@ -14,6 +14,8 @@ array-api-strict; this module never imports numpy or cupy.
 
 A rule must stay fusable (see backends/fusion.py): element-wise arithmetic only, numbers
 as arguments, and ``if`` only on its keyword switches, never on an array or a number.
+Every expression of numbers alone (1 - β1, γ/(1 - β1ᵗ)) is computed on the host, in the
+optimizer's ``_step_arguments``, and passed in: CuPy would compute it in float16 inside a kernel.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any
 from .optim_base import Optimizer, non_negative
 
 
-def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, dampening, weight_decay, *,
+def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, one_minus_dampening, weight_decay, *,
                decay: bool, with_momentum: bool, dampened: bool, nesterov: bool, first: bool) -> None:
     r"""One step of SGD, in place (torch.optim.SGD). With learning rate γ, weight decay λ,
     momentum μ, dampening τ and momentum buffer b::
@@ -33,6 +35,9 @@ def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, dampening, weight
         b ← μb + (1 - τ)g                        (later steps)
         g ← g + μb  (nesterov),  else  g ← b     (with momentum)
         θ ← θ - γg
+
+    ``one_minus_dampening`` is 1 - τ, computed on the host: inside a CuPy kernel arithmetic
+    on numbers alone would run in float16 (see backends/fusion.py).
     """
     g = grad + weight_decay * param if decay else grad    # g ← g + λθ
     if with_momentum:
@@ -41,13 +46,14 @@ def sgd_update(xp, param, grad, momentum_buffer, lr, momentum, dampening, weight
             b[...] = g                                    # b ← g
         else:
             b *= momentum
-            b += (1 - dampening) * g if dampened else g   # b ← μb + (1 − τ)g
+            b += one_minus_dampening * g if dampened else g   # b ← μb + (1 − τ)g
         g = g + momentum * b if nesterov else b           # g ← g + μb, or g ← b
     param -= lr * g                                       # θ ← θ − γg
 
 
-def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1, beta2, eps, weight_decay,
-                bias_correction1, bias_correction2_sqrt, *, decay: str, amsgrad: bool) -> None:
+def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, beta1, one_minus_beta1, beta2,
+                one_minus_beta2, eps, weight_decay, decay_factor, step_size, bias_correction2_sqrt, *,
+                decay: str, amsgrad: bool) -> None:
     r"""One step of Adam or AdamW, in place (torch.optim.Adam/AdamW). With learning rate γ,
     betas β1 and β2, weight decay λ, step t, moments m (exp_avg) and v (exp_avg_sq)::
 
@@ -59,15 +65,19 @@ def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1,
         θ ← θ - γ m̂ / (√v̂ + ε),   m̂ = m/(1 - β1ᵗ),  v̂ = v/(1 - β2ᵗ)
 
     The last line is computed as torch computes it: (γ/(1 - β1ᵗ))·m / (√v/√(1 - β2ᵗ) + ε).
+    The numbers come computed on the host (Adam._step_arguments): ``one_minus_beta1`` = 1 - β1,
+    ``one_minus_beta2`` = 1 - β2, ``decay_factor`` = 1 - γλ, ``step_size`` = γ/(1 - β1ᵗ),
+    ``bias_correction2_sqrt`` = √(1 - β2ᵗ). Inside a CuPy kernel, arithmetic on numbers
+    alone would run in float16 (1 - 0.999 would be 0.00098), see backends/fusion.py.
     """
     if decay == "decoupled":
-        param *= 1 - lr * weight_decay                    # θ ← θ(1 − γλ)
+        param *= decay_factor                             # θ ← θ(1 − γλ)
     g = grad + weight_decay * param if decay == "l2" else grad   # g ← g + λθ
     m, v = exp_avg, exp_avg_sq
     m *= beta1
-    m += (1 - beta1) * g                                  # m ← β1·m + (1 − β1)·g
+    m += one_minus_beta1 * g                              # m ← β1·m + (1 − β1)·g
     v *= beta2
-    v += (1 - beta2) * (g * g)                            # v ← β2·v + (1 − β2)·g²
+    v += one_minus_beta2 * (g * g)                        # v ← β2·v + (1 − β2)·g²
     if amsgrad:
         max_exp_avg_sq[...] = xp.maximum(max_exp_avg_sq, v)
         v = max_exp_avg_sq                                # v ← v_max ← max(v_max, v)
@@ -77,7 +87,7 @@ def adam_update(xp, param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, lr, beta1,
     denom /= bias_correction2_sqrt
     denom += eps                                          # √v̂ + ε
     step = m / denom
-    step *= lr / bias_correction1                         # γ·m̂ / (√v̂ + ε)
+    step *= step_size                                     # γ·m̂ / (√v̂ + ε)
     param -= step                                         # θ ← θ − γ·m̂ / (√v̂ + ε)
 
 
@@ -91,6 +101,7 @@ class SGD(Optimizer):
 
     rule = sgd_update
     hyper_names = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    state_names = ("momentum_buffer",)
 
     def __init__(self, params, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
@@ -117,17 +128,13 @@ class SGD(Optimizer):
     def _array_state(cls, hyper):
         return ("momentum_buffer",) if hyper["momentum"] != 0 else ()
 
-    @classmethod
-    def _all_state_names(cls):
-        return ("momentum_buffer",)
-
-    def _scalars(self, step):
-        return (self.lr, self.momentum, self.dampening, self.weight_decay)
-
-    def _variant(self, step):
+    def _step_arguments(self, step):
+        # Numbers are combined here, on the host, in float64 (see sgd_update).
+        numbers = (self.lr, self.momentum, 1 - self.dampening, self.weight_decay)
         with_momentum = self.momentum != 0
-        return {"decay": self.weight_decay != 0, "with_momentum": with_momentum, "dampened": self.dampening != 0,
-                "nesterov": self.nesterov, "first": with_momentum and step == 1}
+        return numbers, {"decay": self.weight_decay != 0, "with_momentum": with_momentum,
+                         "dampened": self.dampening != 0, "nesterov": self.nesterov,
+                         "first": with_momentum and step == 1}
 
 
 class Adam(Optimizer):
@@ -140,7 +147,7 @@ class Adam(Optimizer):
 
     rule = adam_update
     hyper_names = ("lr", "betas", "eps", "weight_decay", "amsgrad")
-    scalar_state_keys = frozenset({"step"})
+    state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     counts_steps = True
     decoupled_weight_decay = False
 
@@ -168,17 +175,13 @@ class Adam(Optimizer):
     def _array_state(cls, hyper):
         return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hyper["amsgrad"] else ())
 
-    @classmethod
-    def _all_state_names(cls):
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    def _scalars(self, step: int) -> tuple:
+    def _step_arguments(self, step: int) -> tuple[tuple, dict[str, Any]]:
+        # Numbers are combined here, on the host, in float64 (see adam_update).
         beta1, beta2 = self.betas
-        return (self.lr, beta1, beta2, self.eps, self.weight_decay, 1 - beta1**step, math.sqrt(1 - beta2**step))
-
-    def _variant(self, step: int) -> dict[str, Any]:
+        numbers = (beta1, 1 - beta1, beta2, 1 - beta2, self.eps, self.weight_decay, 1 - self.lr * self.weight_decay,
+                   self.lr / (1 - beta1**step), math.sqrt(1 - beta2**step))
         decay = "none" if self.weight_decay == 0 else "decoupled" if self.decoupled_weight_decay else "l2"
-        return {"decay": decay, "amsgrad": self.amsgrad}
+        return numbers, {"decay": decay, "amsgrad": self.amsgrad}
 
 
 class AdamW(Adam):

@@ -31,18 +31,25 @@ from layers.parameter import flatten_parameters
 class Optimizer:
     """Base class: the parameter list, flat state buffers, one fused update per step.
 
-    A subclass gives its update ``rule`` (a function ``rule(xp, param, grad, *state,
-    *scalars, **variant)`` that updates its arrays in place), lists its hyperparameters in
-    ``hyper_names``, checks them in ``_checked_hyper``, names its state arrays in
-    ``_array_state`` and says which numbers and variant the rule gets at a step in
-    ``_scalars``/``_variant``. ``self.state[i]`` is parameter i's state: its step count
-    where the optimizer keeps one, and views of the flat state buffers.
+    A subclass says four things and answers three questions:
+
+    * ``rule``: a function ``rule(xp, param, grad, *state, *numbers, **switches)`` that
+      updates its arrays in place;
+    * ``hyper_names``: its hyperparameters; ``state_names``: every state array the rule
+      takes, in its argument order; ``counts_steps``: whether a step count is part of the
+      state (Adam's bias corrections need it);
+    * ``_checked_hyper(**hyper)``: the hyperparameters, checked, as plain numbers;
+    * ``_array_state(hyper)``: which of ``state_names`` exist under them;
+    * ``_step_arguments(step)``: the numbers and the switches the rule gets at update ``step``.
+
+    ``self.state[i]`` is parameter i's state: its step count where the optimizer keeps one,
+    and views of the flat state buffers.
     """
 
     rule: Callable = None
     hyper_names: tuple[str, ...] = ()
-    scalar_state_keys: frozenset[str] = frozenset()  # per-parameter state that is not an array
-    counts_steps = False  # a step count is part of the state (Adam's bias corrections need it)
+    state_names: tuple[str, ...] = ()
+    counts_steps = False
 
     def __init__(self, params: Iterable, **hyper: Any):
         params = list(params)
@@ -100,10 +107,10 @@ class Optimizer:
         for name in names:
             if name not in buffers:
                 buffers[name] = xp.zeros_like(flat.data)
-        state = [flat.span(buffers[name], first, last) if name in names else None for name in self._all_state_names()]
-        rule = flat.backend.fuse(type(self).rule, **self._variant(step))
-        scalars = self._scalars(step)
-        flat.backend.map_blocks(lambda *arrays: rule(*arrays, *scalars),
+        state = [flat.span(buffers[name], first, last) if name in names else None for name in self.state_names]
+        numbers, switches = self._step_arguments(step)
+        rule = flat.backend.fuse(type(self).rule, **switches)
+        flat.backend.map_blocks(lambda *arrays: rule(*arrays, *numbers),
                                 flat.span(flat.data, first, last), flat.span(flat.grad, first, last), *state)
         for k, i in zip(range(first, last + 1), members):
             self._updates[i] = step
@@ -124,23 +131,15 @@ class Optimizer:
         """The state arrays a parameter has under these hyperparameters (e.g. ("momentum_buffer",))."""
         raise NotImplementedError
 
-    @classmethod
-    def _all_state_names(cls) -> tuple[str, ...]:
-        """Every state array the rule takes, in its argument order (absent ones are passed as None)."""
-        raise NotImplementedError
-
-    def _scalars(self, step: int) -> tuple:
-        """The numbers the rule takes after its arrays, at update number ``step`` (1 first)."""
-        raise NotImplementedError
-
-    def _variant(self, step: int) -> dict[str, Any]:
-        """The rule's keyword switches (each combination is compiled once)."""
+    def _step_arguments(self, step: int) -> tuple[tuple, dict[str, Any]]:
+        """The numbers the rule takes after its arrays, and its keyword switches (each
+        combination is compiled once), at update number ``step`` (1 first)."""
         raise NotImplementedError
 
     @classmethod
     def _state_keys(cls, hyper: dict[str, Any]) -> set[str]:
         """The keys a parameter's state has, once updated, under these hyperparameters."""
-        return set(cls._array_state(hyper)) | set(cls.scalar_state_keys)
+        return set(cls._array_state(hyper)) | ({"step"} if cls.counts_steps else set())
 
     # --- checkpoints ---------------------------------------------------------------
     def _set_hyper(self, hyper: dict[str, Any]) -> None:
@@ -166,7 +165,7 @@ class Optimizer:
         for i, s in enumerate(self.state):
             if s:
                 state[i] = {
-                    key: value if key in self.scalar_state_keys else array_namespace(value).asarray(value, copy=True)
+                    key: value if key == "step" else array_namespace(value).asarray(value, copy=True)
                     for key, value in s.items()
                 }
         return {
@@ -185,53 +184,7 @@ class Optimizer:
         Everything is checked before anything is changed: a mismatch raises ValueError
         and leaves the optimizer as it was.
         """
-        name = type(self).__name__
-
-        def mismatch(what: str) -> ValueError:
-            return ValueError(f"cannot load optimizer state into {name}: {what}")
-
-        if not isinstance(state_dict, dict):
-            raise mismatch(f"expected a dict from state_dict(), got {type(state_dict).__name__}")
-        missing = [k for k in ("optimizer", "hyper", "num_params") if k not in state_dict]
-        if missing:
-            raise mismatch(f"missing key(s) {missing}; expected the dict that state_dict() returns")
-        saved_type = str(state_dict["optimizer"])
-        if saved_type != name:
-            raise mismatch(f"the state was saved by {saved_type}, expected {name}")
-        num_params = int(state_dict["num_params"])
-        if num_params != len(self.params):
-            raise mismatch(f"the state is for {num_params} parameters, this optimizer has {len(self.params)}")
-        saved_hyper = dict(state_dict["hyper"])
-        if set(saved_hyper) != set(self.hyper_names):
-            raise mismatch(f"hyperparameters {sorted(saved_hyper)}, expected {sorted(self.hyper_names)}")
-        hyper = self._checked_hyper(**saved_hyper)
-
-        # Which state a parameter has depends on the hyperparameters being loaded
-        # (momentum for SGD, amsgrad for Adam).
-        expected_keys = self._state_keys(hyper)
-        loaded: dict[int, dict[str, Any]] = {}
-        for key, saved in dict(state_dict.get("state", {})).items():
-            i = int(key)
-            if not 0 <= i < len(self.params):
-                raise mismatch(f"state for parameter {i}, but there are only {len(self.params)} parameters")
-            p = self.params[i]
-            where = f"parameter {i} ({p.name or 'unnamed'})"
-            saved = dict(saved)
-            if not saved:
-                continue
-            if set(saved) != expected_keys:
-                raise mismatch(f"{where} has state {sorted(saved)}, expected {sorted(expected_keys)}")
-            xp = array_namespace(p.data)
-            loaded[i] = {}
-            for k, value in saved.items():
-                if k in self.scalar_state_keys:
-                    loaded[i][k] = int(value)
-                    continue
-                shape = tuple(getattr(value, "shape", ()))
-                if shape != tuple(p.data.shape):
-                    raise mismatch(f"{where}: {k!r} has shape {shape}, expected {tuple(p.data.shape)}")
-                loaded[i][k] = xp.asarray(value, dtype=p.data.dtype, device=array_device(p.data))
-
+        hyper, loaded = self._checked_state_dict(state_dict)
         self._set_hyper(hyper)
         self.state = [{} for _ in self.params]
         self._updates = [0] * len(self.params)
@@ -251,6 +204,57 @@ class Optimizer:
                 if self.counts_steps:
                     self.state[i]["step"] = loaded[i]["step"]
                 self._updates[i] = loaded[i]["step"] if self.counts_steps else 1
+
+    def _mismatch(self, what: str) -> ValueError:
+        return ValueError(f"cannot load optimizer state into {type(self).__name__}: {what}")
+
+    def _checked_state_dict(self, state_dict) -> tuple[dict[str, Any], dict[int, dict[str, Any]]]:
+        """The hyperparameters and, per parameter index, the state that ``state_dict`` holds,
+        checked against this optimizer (arrays on the parameters' device); ValueError if not."""
+        if not isinstance(state_dict, dict):
+            raise self._mismatch(f"expected a dict from state_dict(), got {type(state_dict).__name__}")
+        missing = [k for k in ("optimizer", "hyper", "num_params") if k not in state_dict]
+        if missing:
+            raise self._mismatch(f"missing key(s) {missing}; expected the dict that state_dict() returns")
+        saved_type = str(state_dict["optimizer"])
+        if saved_type != type(self).__name__:
+            raise self._mismatch(f"the state was saved by {saved_type}, expected {type(self).__name__}")
+        num_params = int(state_dict["num_params"])
+        if num_params != len(self.params):
+            raise self._mismatch(f"the state is for {num_params} parameters, this optimizer has {len(self.params)}")
+        saved_hyper = dict(state_dict["hyper"])
+        if set(saved_hyper) != set(self.hyper_names):
+            raise self._mismatch(f"hyperparameters {sorted(saved_hyper)}, expected {sorted(self.hyper_names)}")
+        hyper = self._checked_hyper(**saved_hyper)
+        # Which state a parameter has depends on the hyperparameters being loaded
+        # (momentum for SGD, amsgrad for Adam).
+        expected_keys = self._state_keys(hyper)
+        loaded: dict[int, dict[str, Any]] = {}
+        for key, saved in dict(state_dict.get("state", {})).items():
+            i = int(key)
+            if not 0 <= i < len(self.params):
+                raise self._mismatch(f"state for parameter {i}, but there are only {len(self.params)} parameters")
+            if dict(saved):
+                loaded[i] = self._checked_parameter_state(i, dict(saved), expected_keys)
+        return hyper, loaded
+
+    def _checked_parameter_state(self, i: int, saved: dict[str, Any], expected_keys: set[str]) -> dict[str, Any]:
+        """Parameter i's saved state, checked: its keys, and each array's shape."""
+        p = self.params[i]
+        where = f"parameter {i} ({p.name or 'unnamed'})"
+        if set(saved) != expected_keys:
+            raise self._mismatch(f"{where} has state {sorted(saved)}, expected {sorted(expected_keys)}")
+        xp = array_namespace(p.data)
+        state = {}
+        for k, value in saved.items():
+            if k == "step":
+                state[k] = int(value)
+                continue
+            shape = tuple(getattr(value, "shape", ()))
+            if shape != tuple(p.data.shape):
+                raise self._mismatch(f"{where}: {k!r} has shape {shape}, expected {tuple(p.data.shape)}")
+            state[k] = xp.asarray(value, dtype=p.data.dtype, device=array_device(p.data))
+        return state
 
     def __repr__(self) -> str:
         hyper = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())

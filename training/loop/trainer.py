@@ -85,6 +85,7 @@ class Trainer:
         self.step = 0  # training steps taken, over all epochs (a schedule's position)
         self.warn = warn if warn is not None else (lambda message: print(message, file=sys.stderr, flush=True))
         self.warned = False
+        self._reported_fallbacks: set[str] = set()
         self._test_images = None
 
     # -- the loop ---------------------------------------------------------------------------
@@ -113,6 +114,7 @@ class Trainer:
                     f"test loss {row['test_loss']:.4f}  test acc {100 * row['test_acc']:.2f}%  "
                     f"{row['examples_per_sec']:,.0f} ex/s  {row['seconds']:.1f} s"
                 )
+                self._report_fallbacks()
                 if self.out_dir is not None:
                     self._save_epoch(epoch, evaluation)
         except KeyboardInterrupt:
@@ -193,6 +195,14 @@ class Trainer:
             f"{where}: the learning rate (lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; "
             f"try a smaller {setting('lr')}{kept}"
         )
+
+    def _report_fallbacks(self) -> None:
+        """Say once which fused kernels were not used (cuda): they cost speed, not correctness."""
+        new = [line for line in self.backend.fallbacks() if line not in self._reported_fallbacks]
+        if new:
+            self._reported_fallbacks.update(new)
+            self.warn(f"warning: {len(new)} fused GPU kernel(s) fell back to their plain version (slower, same "
+                      "result): " + "; ".join(new))
 
     def _check_not_exploded(self, value: float, epoch: int, step: int | None) -> None:
         """Warn (once per run) about a finite training loss far above that of guessing."""
