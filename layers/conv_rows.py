@@ -96,8 +96,8 @@ def _padded_rows(channels: int, kernel_w: int) -> int:
     """Rows of the R buffer: C·kw, plus zero rows up to a multiple of 8 when that adds at most 1/8.
 
     OpenBLAS runs the weight-gradient matmul (kh·F, span) @ (span, rows) faster with 16
-    rows than with LNet's first layer's 15 (docs/benchmarks.md, "Conv2D on the CPU"); the
-    zero rows give zero gradient columns, which are dropped.
+    rows than with LNet's first layer's 15 (docs/benchmarks.md, "Measurements behind
+    choices in layers/"); the zero rows give zero gradient columns, which are dropped.
     """
     rows = channels * kernel_w
     padded = -(-rows // 8) * 8
