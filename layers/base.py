@@ -133,9 +133,8 @@ class Layer:
                 parameter.grad = grad
 
     def _gradient_buffers(self) -> dict:
-        """{attribute name: gradient buffer} of the layer's weight and bias, for an engine's ``out``."""
-        return {name: parameter.grad_buffer() for name in ("weight", "bias")
-                if isinstance(parameter := getattr(self, name, None), Parameter)}
+        """{attribute name: gradient buffer} of each of the layer's parameters, for an engine's ``out``."""
+        return {name: parameter.grad_buffer() for name, parameter in self.named_parameters()}
 
     def _saved(self):
         if self._cache is None:
