@@ -13,6 +13,7 @@ from .counting import as_one_operation, count_transfer, matmul_launches
 from .fusion import FusedFunction
 
 FLOAT_DTYPES = ("float32", "float64")
+ENGINES = ("fast", "reference")
 MIN_ROWS_PER_THREAD = 16  # below this, splitting a batch across threads costs more than it saves
 # Below this much work per thread (floating-point operations, for callers that say), handing
 # work to a thread costs more than it saves. Measured on a 2-core EPYC, Linear forward +
@@ -98,6 +99,8 @@ class Backend:
       (``map_slices``) and walks large buffers in cache-sized tiles (``batch_tile``).
     * ``work_bytes``: on launch-bound devices, the largest temporary a layer builds at once.
     * ``fuse``: a chain of element-wise operations as one kernel (cuda), see backends/fusion.py.
+    * ``engine``: ``"fast"`` (the engine that suits the device, above) or ``"reference"``
+      (every layer runs the plain definition of its math; see layers/engine.py).
     """
 
     name: str
@@ -114,6 +117,7 @@ class Backend:
     _compile: Callable | None = field(default=None, repr=False)  # (function, name) -> one compiled kernel
     fusion_namespace: Any = field(default=None, repr=False)  # the xp a function being compiled calls
     blas_limit: Any = field(default=None, repr=False)  # keeps BLAS single-threaded while threads > 1
+    engine: str = "fast"  # "fast" or "reference": which engine the layers run (ENGINES)
     _fused: dict = field(default_factory=dict, repr=False)
     _constants: dict = field(default_factory=dict, repr=False)
 
@@ -264,4 +268,4 @@ class Backend:
         return max(1, self.tile_bytes // max(1, bytes_per_example))
 
     def __repr__(self) -> str:
-        return f"Backend({self.name!r})"
+        return f"Backend({self.name!r})" if self.engine == "fast" else f"Backend({self.name!r}, engine={self.engine!r})"

@@ -1,11 +1,14 @@
 """Building backends by name, with one clear error when one cannot be had."""
 from __future__ import annotations
 
+import dataclasses
 import functools
+import os
 
 import numpy as np
 
-from .base import CPU_TILE_BYTES, DEVICE_WORK_BYTES, Backend, BackendUnavailableError, cpu_threads, single_threaded_blas
+from .base import (CPU_TILE_BYTES, DEVICE_WORK_BYTES, ENGINES, Backend, BackendUnavailableError, cpu_threads,
+                   single_threaded_blas)
 
 BACKEND_NAMES = ("cpu", "cuda", "auto", "strict")
 
@@ -169,31 +172,58 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 _FACTORIES = {"cpu": _cpu, "cuda": _cuda, "strict": _strict}
 
 
-def get_backend(name: str | Backend = "cpu") -> Backend:
+def get_backend(name: str | Backend = "cpu", engine: str | None = None) -> Backend:
     """The backend called ``name``: ``cpu``, ``cuda``, ``auto`` or ``strict``.
 
     ``auto`` is cuda when CuPy and a working GPU are present, otherwise cpu. A backend
     that cannot be had raises BackendUnavailableError saying what is missing.
+
+    ``engine``: ``"fast"`` (the engines that suit the device) or ``"reference"`` (every
+    layer runs the plain definition of its math, layers/engine.py); by default
+    $XPNET_ENGINE, else ``"fast"``.
     """
+    engine = default_engine() if engine is None else engine
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if isinstance(name, Backend):
         return name
     if name == "auto":
         try:
-            return _cuda()
+            backend = _cuda()
         except BackendUnavailableError:
-            return _cpu()
-    try:
-        factory = _FACTORIES[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}") from None
-    return factory()
+            backend = _cpu()
+    else:
+        try:
+            factory = _FACTORIES[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}") from None
+        backend = factory()
+    return backend if engine == "fast" else _with_engine(backend.name, engine)
+
+
+def default_engine() -> str:
+    """$XPNET_ENGINE (``fast`` or ``reference``), else ``fast``; another value is one clear error."""
+    engine = os.environ.get("XPNET_ENGINE", "").strip() or "fast"
+    if engine not in ENGINES:
+        raise BackendUnavailableError(f"XPNET_ENGINE must be one of {', '.join(ENGINES)}, got {engine!r}: "
+                                      f"set it to reference to run the plain math, or unset it")
+    return engine
+
+
+@functools.lru_cache(maxsize=None)
+def _with_engine(name: str, engine: str) -> Backend:
+    """The backend ``name`` with its layers told to run ``engine`` (the same device and arrays)."""
+    return dataclasses.replace(_FACTORIES[name](), engine=engine)
 
 
 def backend_of(array) -> Backend | None:
-    """The backend, among those already created, whose arrays ``array`` belongs to; else None."""
-    for factory in (_cpu, _cuda, _strict):
+    """The backend, among those already created, whose arrays ``array`` belongs to; else None.
+
+    With $XPNET_ENGINE set, the variant of it that runs that engine.
+    """
+    for name, factory in (("cpu", _cpu), ("cuda", _cuda), ("strict", _strict)):
         if factory.cache_info().currsize and factory().is_array(array):
-            return factory()
+            return get_backend(name)
     return None
 
 

@@ -1,15 +1,53 @@
-"""Element-wise and shape-only layers: ReLU, Flatten, Softmax."""
+"""Element-wise and shape-only layers: ReLU, Flatten, Softmax.
+
+ReLU runs an engine with the interface of layers/engine.py: ``ReluReference`` (the
+definition) or ``FastRelu`` (the same with a 0-d constant and one fused kernel back).
+Flatten and Softmax are single array expressions, with nothing faster to choose.
+"""
 from __future__ import annotations
 
 from .base import Layer
+from .engine import Engines
 
 
 def relu_grad(xp, y, dy, zero):
     """ReLU's backward: dy where the output was positive, else 0 (one fused kernel on a GPU).
 
-    Written as dy times a 0/1 mask: on NumPy that is ~15x faster than ``xp.where``.
+    Written as dy times a 0/1 mask, which NumPy runs much faster than ``xp.where``
+    (docs/benchmarks.md, "Measurements behind choices in layers/").
     """
     return dy * xp.astype(y > zero, dy.dtype)
+
+
+class ReluReference:
+    """The definition of ReLU (the engine ``engine="reference"`` runs); saved: y."""
+
+    @staticmethod
+    def forward(xp, x, params=None, work=None):
+        """y = x where x > 0, else 0."""
+        y = xp.where(x > 0, x, xp.zeros_like(x))
+        return y, y
+
+    @staticmethod
+    def backward(xp, dy, y, params=None, work=None, need_dx=True, out=None):
+        """dx = dy where y > 0, else 0."""
+        return xp.where(y > 0, dy, xp.zeros_like(dy)), {}
+
+
+class FastRelu:
+    """ReLU in one operation each way: ``maximum`` against a cached 0-d zero, and ``relu_grad`` fused."""
+
+    @staticmethod
+    def forward(xp, x, params, work):
+        y = xp.maximum(x, work.backend.constant(0, x.dtype))
+        return y, y
+
+    @staticmethod
+    def backward(xp, dy, y, params, work, need_dx=True, out=None):
+        return work.backend.fuse(relu_grad)(y, dy, work.backend.constant(0, dy.dtype)), {}
+
+
+RELU_ENGINES = Engines(reference=ReluReference, cpu=FastRelu, launch_bound=FastRelu)
 
 
 def softmax(xp, x, axis: int = -1):
@@ -23,13 +61,13 @@ class ReLU(Layer):
 
     def forward(self, x):
         self._check_input(x)
-        y = self.xp.maximum(x, self.backend.constant(0, x.dtype))
-        self._cache = y if self.training else None
+        y, saved = RELU_ENGINES.pick(self.backend).forward(self.xp, x, None, self.work)
+        self._cache = saved if self.training else None
         return y
 
     def backward(self, dy):
-        y = self._saved()
-        return self.backend.fuse(relu_grad)(y, dy, self.backend.constant(0, dy.dtype))
+        dx, _ = RELU_ENGINES.pick(self.backend).backward(self.xp, dy, self._saved(), None, self.work)
+        return dx
 
 
 class Flatten(Layer):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from backends import Backend, get_backend
 
+from .engine import Workspace
 from .parameter import Parameter, flatten_parameters
 
 
@@ -25,7 +26,7 @@ class Layer:
         self.dtype = self.xp.float32
         self.training = True
         self._cache = None
-        self._scratch_arrays = {}
+        self.work = Workspace(self.backend)  # the engines' scratch memory (layers/engine.py)
 
     # -- the two passes ---------------------------------------------------------------
     def forward(self, x):
@@ -80,7 +81,7 @@ class Layer:
             setattr(self, name, target.asarray(self.backend.to_numpy(getattr(self, name)), dtype=new_dtype))
         self.backend, self.xp, self.dtype = target, target.xp, new_dtype
         self._cache = None
-        self._scratch_arrays = {}
+        self.work = Workspace(target)
         return self
 
     def train(self) -> "Layer":
@@ -120,27 +121,20 @@ class Layer:
                 f"use model.to(backend, dtype='{_dtype_name(x.dtype)}') or cast the input"
             )
 
-    def _scratch(self, name: str, shape: tuple[int, ...], dtype, zeroed: bool = False):
-        """A work array of ``shape`` kept from call to call.
+    def _set_gradients(self, grads: dict) -> None:
+        """Set each parameter's gradient from an engine's ``grads`` ({attribute name: array}).
 
-        Allocating a large array each step costs more than filling it: the operating
-        system hands out fresh, zeroed pages every time. Only for arrays the layer keeps
-        to itself; never for what it returns. Contents are whatever the last call left,
-        except that with ``zeroed`` a newly allocated array starts as zeros (for
-        callers that never write some region and need it to stay zero).
+        An engine that wrote a gradient straight into the buffer it was handed (``out``)
+        returns that buffer, which then needs no copy.
         """
-        array = self._scratch_arrays.get(name)
-        if array is None or tuple(array.shape) != tuple(shape) or array.dtype != dtype:
-            allocate = self.xp.zeros if zeroed else self.xp.empty
-            array = self._scratch_arrays[name] = allocate(shape, dtype=dtype)
-        return array
+        for name, grad in grads.items():
+            parameter = getattr(self, name)
+            if grad is not parameter.grad_buffer():
+                parameter.grad = grad
 
-    def _constant(self, name: str, make):
-        """An array the layer makes once, with ``make()``, and reuses (index tables, ranks)."""
-        array = self._scratch_arrays.get(name)
-        if array is None:
-            array = self._scratch_arrays[name] = make()
-        return array
+    def _gradient_buffers(self) -> dict:
+        """{attribute name: gradient buffer} of each of the layer's parameters, for an engine's ``out``."""
+        return {name: parameter.grad_buffer() for name, parameter in self.named_parameters()}
 
     def _saved(self):
         if self._cache is None:

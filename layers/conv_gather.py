@@ -1,7 +1,7 @@
 """Conv2D on a launch-bound device (a GPU): the whole batch in a handful of operations.
 
-Computes exactly what ``conv2d_reference`` (layers/conv.py) computes; tests hold it to
-that. The math, with shapes, is in docs/math.md ("Conv2D on a GPU").
+An engine with the interface of layers/engine.py; computes exactly what ``ConvReference``
+(layers/conv.py) computes, and tests hold it to that. The math, with shapes, is in docs/math.md ("Conv2D on a GPU").
 
 With K = C·kh·kw and L = OH·OW:
 
@@ -62,85 +62,85 @@ class GatherIndex:
         self.out_h, self.out_w, self.length = out_h, out_w, length
 
 
+def _index(xp, h: int, w: int, params, work, dtype) -> GatherIndex:
+    """The gather indices of this input size, made once per size and kept in the workspace."""
+    kernel_size = tuple(params.weight.shape[2:])
+    return work.constant(f"gather-index-{h}x{w}-{dtype}",
+                         lambda: GatherIndex(xp, h, w, kernel_size, params.stride, params.padding, dtype))
+
+
+def _chunks(n: int, columns_per_example: int, work, dtype) -> list[slice]:
+    """Slices of the batch whose im2col columns fit the backend's work budget (one, usually)."""
+    budget = work.backend.work_bytes
+    per_example = columns_per_example * (work.xp.finfo(dtype).bits // 8)
+    size = n if budget is None else max(1, min(n, budget // max(1, per_example)))
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _padded(xp, x, padding, work):
+    """x with its zero border, viewed as (N·C, Hp·Wp); the border of the buffer stays zero."""
+    n, c, h, w = x.shape
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return xp.reshape(x, (n * c, h * w))
+    padded = work.scratch("padded", (n, c, h + 2 * ph, w + 2 * pw), x.dtype, zeroed=True)
+    padded[:, :, ph:ph + h, pw:pw + w] = x
+    return xp.reshape(padded, (n * c, (h + 2 * ph) * (w + 2 * pw)))
+
+
+def _columns(xp, flat, index: GatherIndex, chunk: slice, c: int):
+    """im2col of the examples in ``chunk``: (size, K, L)."""
+    size = chunk.stop - chunk.start
+    gathered = xp.take(flat[chunk.start * c:chunk.stop * c, ...], index.columns, axis=1)
+    return xp.reshape(gathered, (size, -1, index.length))
+
+
 class GatherConv:
-    """The launch-bound engine of one Conv2D layer."""
+    """Conv2D's launch-bound engine: the whole batch in a handful of operations."""
 
-    def __init__(self, layer):
-        self.layer = layer
-        self._indices: dict[tuple, GatherIndex] = {}
-
-    def _index(self, h: int, w: int, dtype) -> GatherIndex:
-        key = (h, w, str(dtype))
-        if key not in self._indices:
-            layer = self.layer
-            self._indices[key] = GatherIndex(layer.xp, h, w, layer.kernel_size, layer.stride, layer.padding, dtype)
-        return self._indices[key]
-
-    def _chunks(self, n: int, columns_per_example: int, dtype) -> list[slice]:
-        """Slices of the batch whose im2col columns fit the backend's work budget (one, usually)."""
-        budget = self.layer.backend.work_bytes
-        per_example = columns_per_example * (self.layer.xp.finfo(dtype).bits // 8)
-        size = n if budget is None else max(1, min(n, budget // max(1, per_example)))
-        return [slice(start, min(start + size, n)) for start in range(0, n, size)]
-
-    def _padded(self, x):
-        """x with its zero border, viewed as (N·C, Hp·Wp); the border of the buffer stays zero."""
-        layer, xp = self.layer, self.layer.xp
+    @staticmethod
+    def forward(xp, x, params, work):
+        backend = work.backend
         n, c, h, w = x.shape
-        ph, pw = layer.padding
-        if ph == 0 and pw == 0:
-            return xp.reshape(x, (n * c, h * w))
-        padded = layer._scratch("padded", (n, c, h + 2 * ph, w + 2 * pw), x.dtype, zeroed=True)
-        padded[:, :, ph:ph + h, pw:pw + w] = x
-        return xp.reshape(padded, (n * c, (h + 2 * ph) * (w + 2 * pw)))
-
-    def _columns(self, flat, index: GatherIndex, chunk: slice, c: int):
-        """im2col of the examples in ``chunk``: (size, K, L)."""
-        size = chunk.stop - chunk.start
-        gathered = self.layer.xp.take(flat[chunk.start * c:chunk.stop * c, ...], index.columns, axis=1)
-        return self.layer.xp.reshape(gathered, (size, -1, index.length))
-
-    def forward(self, x):
-        layer, xp, backend = self.layer, self.layer.xp, self.layer.backend
-        n, c, h, w = x.shape
-        f, (kh, kw) = layer.out_channels, layer.kernel_size
-        index = self._index(h, w, x.dtype)
-        flat = self._padded(x)
-        weight = xp.reshape(layer.weight.data, (f, c * kh * kw))
-        chunks = self._chunks(n, c * kh * kw * index.length, x.dtype)
+        f, _, kh, kw = params.weight.shape
+        index = _index(xp, h, w, params, work, x.dtype)
+        flat = _padded(xp, x, params.padding, work)
+        weight = xp.reshape(params.weight, (f, c * kh * kw))
+        chunks = _chunks(n, c * kh * kw * index.length, work, x.dtype)
         if len(chunks) == 1:
-            columns = self._columns(flat, index, chunks[0], c)
+            columns = _columns(xp, flat, index, chunks[0], c)
             y = xp.matmul(xp.broadcast_to(weight, (n, *weight.shape)), columns)  # (N, F, L)
         else:
             columns = None  # rebuilt chunk by chunk in backward
             y = xp.empty((n, f, index.length), dtype=x.dtype)
             for chunk in chunks:
-                part = self._columns(flat, index, chunk, c)
+                part = _columns(xp, flat, index, chunk, c)
                 backend.matmul(xp.broadcast_to(weight, (chunk.stop - chunk.start, *weight.shape)), part, out=y[chunk, ...])
-        if layer.bias is not None:
-            y += xp.reshape(layer.bias.data, (f, 1))
+        if params.bias is not None:
+            y += xp.reshape(params.bias, (f, 1))
         saved = (flat, columns, chunks, tuple(x.shape))
         return xp.reshape(y, (n, f, index.out_h, index.out_w)), saved
 
-    def backward(self, dy, saved, input_grad: bool):
-        layer, xp, backend = self.layer, self.layer.xp, self.layer.backend
+    @staticmethod
+    def backward(xp, dy, saved, params, work, need_dx, out):
+        backend = work.backend
         flat, columns, chunks, (n, c, h, w) = saved
-        f, (kh, kw) = layer.out_channels, layer.kernel_size
-        index = self._index(h, w, dy.dtype)
+        f, _, kh, kw = params.weight.shape
+        index = _index(xp, h, w, params, work, dy.dtype)
         dy = xp.reshape(dy, (n, f, index.length))
-        weight = xp.reshape(layer.weight.data, (f, c * kh * kw))
+        weight = xp.reshape(params.weight, (f, c * kh * kw))
         # dWᵀ = Σ_n cols_n @ dy_nᵀ, summed straight into the (transposed) gradient buffer
-        grad_t = xp.reshape(layer.weight.grad_buffer(), (f, c * kh * kw)).mT
-        dx = xp.empty((n, c, h * w), dtype=dy.dtype) if input_grad and len(chunks) > 1 else None
+        grad_t = xp.reshape(out["weight"], (f, c * kh * kw)).mT
+        dx = xp.empty((n, c, h * w), dtype=dy.dtype) if need_dx and len(chunks) > 1 else None
         for number, chunk in enumerate(chunks):
-            part = columns if columns is not None else self._columns(flat, index, chunk, c)
+            part = columns if columns is not None else _columns(xp, flat, index, chunk, c)
             dy_part = dy[chunk, ...]
             products = xp.matmul(part, dy_part.mT)  # (size, K, F)
             if number == 0:
                 backend.sum(products, axis=0, out=grad_t)
             else:
                 grad_t += xp.sum(products, axis=0)
-            if input_grad:
+            if need_dx:
                 size = chunk.stop - chunk.start
                 d_columns = xp.matmul(xp.broadcast_to(weight.mT, (size, *weight.mT.shape)), dy_part)  # (size, K, L)
                 gathered = xp.take(xp.reshape(d_columns, (size * c, -1)), index.pixels, axis=1)
@@ -149,6 +149,7 @@ class GatherConv:
                     dx = xp.reshape(pixels, (n, c, h * w))
                 else:
                     dx[chunk, ...] = xp.reshape(pixels, (size, c, h * w))
-        if layer.bias is not None:
-            backend.sum(dy, axis=(0, 2), out=layer.bias.grad_buffer())
-        return xp.reshape(dx, (n, c, h, w)) if input_grad else None
+        grads = {"weight": out["weight"]}
+        if params.bias is not None:
+            grads["bias"] = backend.sum(dy, axis=(0, 2), out=out["bias"])
+        return (xp.reshape(dx, (n, c, h, w)) if need_dx else None), grads

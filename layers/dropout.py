@@ -1,10 +1,44 @@
-"""Dropout: inverted dropout, with its random numbers made on the device."""
+"""Dropout: inverted dropout, with its random numbers made on the device.
+
+``InvertedDropout`` is its engine (layers/engine.py's interface): the definition is
+already the fast form, so it is the reference and the fast engine at once.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from backends import host_rng
 from backends.random import derive_key, device_random
 
 from .base import Layer
+from .engine import Engines
+
+
+@dataclass(frozen=True)
+class DropoutParams:
+    """What the dropout engine reads: the drop probability p and this forward's random key."""
+
+    p: float
+    key: int
+
+
+class InvertedDropout:
+    """``y = x · m / (1 - p)``, m a 0/1 mask with P(m = 0) = p drawn from ``key``; saved: m / (1 - p)."""
+
+    @staticmethod
+    def forward(xp, x, params: DropoutParams, work):
+        if params.p == 0.0:
+            return x, ()  # the identity, but still a training forward
+        mask = device_random(work.backend).keep_mask(params.key, tuple(x.shape), params.p, x.dtype)
+        return x * mask, mask
+
+    @staticmethod
+    def backward(xp, dy, mask, params=None, work=None, need_dx=True, out=None):
+        """dx = dy · m / (1 - p): the same mask and scale."""
+        return (dy if isinstance(mask, tuple) else dy * mask), {}
+
+
+ENGINES = Engines(reference=InvertedDropout, cpu=InvertedDropout, launch_bound=InvertedDropout)
 
 
 class Dropout(Layer):
@@ -37,20 +71,16 @@ class Dropout(Layer):
         if not self.training:
             self._cache = None
             return x
-        key = derive_key(self.seed, self.stream, self.step)
+        params = DropoutParams(self.p, derive_key(self.seed, self.stream, self.step))
         self.step += 1
-        if self.p == 0.0:
-            self._cache = ()  # the identity, but still a training forward
-            return x
-        mask = device_random(self.backend).keep_mask(key, tuple(x.shape), self.p, x.dtype)
-        self._cache = mask
-        return x * mask
+        y, self._cache = ENGINES.pick(self.backend).forward(self.xp, x, params, self.work)
+        return y
 
     def backward(self, dy):
         if not self.training:
             return dy
-        mask = self._saved()
-        return dy if isinstance(mask, tuple) else dy * mask
+        dx, _ = ENGINES.pick(self.backend).backward(self.xp, dy, self._saved(), None, self.work)
+        return dx
 
     def layer_state(self) -> dict:
         return {"step": self.step}

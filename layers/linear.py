@@ -1,9 +1,48 @@
-"""Linear: a fully connected layer."""
+"""Linear: a fully connected layer, ``y = x @ W.T + b``.
+
+The math is ``LinearReference`` below; the layer runs it with ``engine="reference"``, and
+otherwise layers/linear_split.py, which computes the same with in-place matmuls split over
+the CPU's cores (tests hold it to the reference).
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from .base import Layer, check_positive
+from .engine import Engines
 from .init import uniform_fan_in
+from .linear_split import SplitLinear
 from .parameter import Parameter
+
+
+@dataclass(frozen=True)
+class LinearParams:
+    """What every Linear engine reads: weight (out_features, in_features), bias (out_features,) or None."""
+
+    weight: Any
+    bias: Any
+
+
+class LinearReference:
+    """The definition of Linear (the engine ``engine="reference"`` runs)."""
+
+    @staticmethod
+    def forward(xp, x, params: LinearParams, work=None):
+        """y = x @ Wᵀ + b: x (N, in) → y (N, out); saved: x."""
+        y = xp.matmul(x, params.weight.mT)
+        return (y if params.bias is None else y + params.bias), x
+
+    @staticmethod
+    def backward(xp, dy, x, params: LinearParams, work=None, need_dx=True, out=None):
+        """dW = dyᵀ @ x, db = Σ_n dy, dx = dy @ W."""
+        grads = {"weight": xp.matmul(dy.mT, x)}
+        if params.bias is not None:
+            grads["bias"] = xp.sum(dy, axis=0)
+        return (xp.matmul(dy, params.weight) if need_dx else None), grads
+
+
+ENGINES = Engines(reference=LinearReference, cpu=SplitLinear, launch_bound=SplitLinear)
 
 
 class Linear(Layer):
@@ -12,12 +51,8 @@ class Linear(Layer):
     Shapes: x (N, in_features) → y (N, out_features); weight (out_features, in_features)
     and bias (out_features,), as in torch.nn.Linear.
 
-    Backward: dW = dy.T @ x, db = Σ_n dy, dx = dy @ W.
-
-    Each matmul writes its result in place (the gradients straight into their flat
-    buffers). On the cpu backend a large one is split over the cores (``map_slices``): by
-    output features in forward and for dW, so each thread owns whole rows of the result,
-    and by examples for dx; elsewhere it is one call.
+    Backward: dW = dy.T @ x, db = Σ_n dy, dx = dy @ W (``LinearReference``, or the
+    engine that computes the same faster: see the module docstring).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
@@ -32,43 +67,25 @@ class Linear(Layer):
         if x.shape[1] != self.in_features:
             raise ValueError(f"{self!r} expects input (N, {self.in_features}), got {tuple(x.shape)}")
         self._check_param_dtype(x)
-        backend, weight = self.backend, self.weight.data
-        y = self.xp.empty((x.shape[0], self.out_features), dtype=x.dtype)
-
-        def multiply(features):  # y[:, features] = x @ W[features].T
-            backend.matmul(x, weight[features, ...].mT, out=y[:, features])
-
-        backend.map_slices(multiply, self.out_features, work=self._matmul_flops(x.shape[0]))
-        if self.bias is not None:
-            y += self.bias.data
-        self._cache = x if self.training else None
+        y, saved = ENGINES.pick(self.backend).forward(self.xp, x, self._params(), self.work)
+        self._cache = saved if self.training else None
         return y
 
     def backward(self, dy):
-        self.backward_params(dy)
-        backend, weight = self.backend, self.weight.data
-        dx = self.xp.empty((dy.shape[0], self.in_features), dtype=dy.dtype)
-
-        def multiply(examples):  # dx[examples] = dy[examples] @ W
-            backend.matmul(dy[examples, ...], weight, out=dx[examples, ...])
-
-        backend.map_slices(multiply, dy.shape[0], work=self._matmul_flops(dy.shape[0]))
-        return dx
+        return self._backward(dy, need_dx=True)
 
     def backward_params(self, dy) -> None:
-        backend, x = self.backend, self._saved()
-        grad = self.weight.grad_buffer()
+        self._backward(dy, need_dx=False)
 
-        def multiply(features):  # dW[features] = dy[:, features].T @ x
-            backend.matmul(dy[:, features].mT, x, out=grad[features, ...])
+    def _backward(self, dy, need_dx: bool):
+        engine = ENGINES.pick(self.backend)
+        dx, grads = engine.backward(self.xp, dy, self._saved(), self._params(), self.work, need_dx,
+                                    self._gradient_buffers())
+        self._set_gradients(grads)
+        return dx
 
-        backend.map_slices(multiply, self.out_features, work=self._matmul_flops(dy.shape[0]))
-        if self.bias is not None:
-            backend.sum(dy, axis=0, out=self.bias.grad_buffer())
-
-    def _matmul_flops(self, batch_size: int) -> int:
-        """Floating-point operations of one of the layer's matmuls (forward, dW or dx)."""
-        return 2 * batch_size * self.in_features * self.out_features
+    def _params(self) -> LinearParams:
+        return LinearParams(self.weight.data, None if self.bias is None else self.bias.data)
 
     def output_shape(self, input_shape):
         return (input_shape[0], self.out_features)

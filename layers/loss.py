@@ -1,22 +1,55 @@
-"""CrossEntropyLoss: softmax + negative log-likelihood, from raw logits."""
+"""CrossEntropyLoss: softmax + negative log-likelihood, from raw logits.
+
+The math is ``LossReference`` (``cross_entropy_reference`` calls it with plain
+arguments); ``FusedLoss`` computes the same in four operations. Both have the engine
+interface of layers/engine.py; the backend picks one.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from backends import backend_of
 
 from .base import Layer
+from .engine import Engines, Workspace
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """What every loss engine reads: the labels (N,), integers in [0, C)."""
+
+    labels: Any
+
+
+class LossReference:
+    """The definition of the mean cross-entropy (the engine ``engine="reference"`` runs)."""
+
+    @staticmethod
+    def forward(xp, logits, params: LossParams, work=None):
+        """``log p = z - max z - log Σ exp(z - max z)`` (a stable log-softmax), ``L = -(1/N) Σ_n log p[n, y_n]``.
+
+        logits (N, C) → L (0-d); saved: (softmax(z), onehot(y)).
+        """
+        n, classes = logits.shape
+        shifted = logits - xp.max(logits, axis=1, keepdims=True)
+        log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
+        onehot = xp.astype(params.labels[:, None] == xp.arange(classes, dtype=params.labels.dtype)[None, :],
+                           logits.dtype)
+        return -xp.sum(log_probs * onehot) / n, (xp.exp(log_probs), onehot)
+
+    @staticmethod
+    def backward(xp, dloss, saved, params: LossParams, work=None, need_dx=True, out=None):
+        """``dL/dz = dloss · (softmax(z) - onehot(y)) / N``."""
+        probabilities, onehot = saved
+        return (probabilities - onehot) * (dloss / probabilities.shape[0]), {}
 
 
 def cross_entropy_reference(xp, logits, labels):
-    """(L, dL/dlogits) in their plainest form, the oracle the fast form is tested against.
-
-    ``log p = z - max z - log Σ exp(z - max z)`` (a stable log-softmax), ``L = -(1/N)
-    Σ_n log p[n, y_n]`` and ``dL/dz = (softmax(z) - onehot(y)) / N``.
-    """
-    n, classes = logits.shape
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
-    onehot = xp.astype(labels[:, None] == xp.arange(classes, dtype=labels.dtype)[None, :], logits.dtype)
-    return -xp.sum(log_probs * onehot) / n, (xp.exp(log_probs) - onehot) / n
+    """(L, dL/dlogits) of ``LossReference`` with plain arguments, the oracle the fast form is tested against."""
+    params = LossParams(labels)
+    loss, saved = LossReference.forward(xp, logits, params)
+    return loss, LossReference.backward(xp, 1.0, saved, params)[0]
 
 
 # The same computation as three fused kernels and a reduction. With m_n = max_c z_nc and
@@ -38,6 +71,30 @@ def softmax_minus_onehot(xp, logits, row_max, sums, labels, classes, scale):
     return (xp.exp(logits - row_max) / sums - xp.astype(labels == classes, logits.dtype)) * scale
 
 
+class FusedLoss:
+    """The loss in four operations (a row maximum and three fused kernels), on every device."""
+
+    @staticmethod
+    def forward(xp, logits, params: LossParams, work):
+        fuse, (n, classes) = work.backend.fuse, logits.shape
+        row_max = xp.max(logits, axis=1, keepdims=True)  # (N, 1)
+        sums = xp.reshape(fuse(sum_exp)(logits, row_max), (n, 1))
+        labels = xp.reshape(params.labels, (n, 1))
+        class_row = work.constant(f"classes-{classes}-{labels.dtype}",
+                                  lambda: xp.reshape(xp.arange(classes, dtype=labels.dtype), (1, classes)))
+        loss = fuse(mean_nll)(logits, row_max, sums, labels, class_row, 1.0 / max(n, 1))
+        return loss, (logits, row_max, sums, labels, class_row)
+
+    @staticmethod
+    def backward(xp, dloss, saved, params: LossParams, work, need_dx=True, out=None):
+        logits, row_max, sums, labels, class_row = saved
+        scale = float(dloss) / max(logits.shape[0], 1)
+        return work.backend.fuse(softmax_minus_onehot)(logits, row_max, sums, labels, class_row, scale), {}
+
+
+ENGINES = Engines(reference=LossReference, cpu=FusedLoss, launch_bound=FusedLoss)
+
+
 class CrossEntropyLoss(Layer):
     """Mean cross-entropy of logits against integer class labels.
 
@@ -47,8 +104,9 @@ class CrossEntropyLoss(Layer):
 
     ``backward()`` returns dL/dlogits = (softmax(logits) - onehot(labels)) / N, shape (N, C).
 
-    Both compute ``cross_entropy_reference``, in four operations in all (a row maximum and
-    three fused kernels) instead of a dozen, and without reading anything back to the host.
+    Both compute ``LossReference`` (``engine="reference"``), or the same in four operations
+    (``FusedLoss``: a row maximum and three fused kernels) instead of a dozen, and without
+    reading anything back to the host.
 
     ``check_labels`` verifies that labels lie in [0, C). On a GPU that check reads a value
     back to the host each step, so the Trainer, whose datasets are validated when loaded,
@@ -58,7 +116,7 @@ class CrossEntropyLoss(Layer):
     def __init__(self, check_labels: bool = True):
         super().__init__()
         self.check_labels = check_labels
-        self._classes = {}
+        self._works = {}  # the logits' backend → its workspace (the loss follows its input, it is not moved)
 
     def __call__(self, logits, labels):
         return self.forward(logits, labels)
@@ -70,25 +128,22 @@ class CrossEntropyLoss(Layer):
             low, high = int(xp.min(labels)), int(xp.max(labels))
             if low < 0 or high >= classes:
                 raise ValueError(f"CrossEntropyLoss: labels must be in [0, {classes - 1}], found values from {low} to {high}")
-        row_max = xp.max(logits, axis=1, keepdims=True)  # (N, 1)
-        sums = xp.reshape(backend.fuse(sum_exp)(logits, row_max), (n, 1))
-        labels = xp.reshape(labels, (n, 1))
-        key = (classes, str(labels.dtype), id(backend))
-        if key not in self._classes:
-            self._classes[key] = xp.reshape(xp.arange(classes, dtype=labels.dtype), (1, classes))
-        loss = backend.fuse(mean_nll)(logits, row_max, sums, labels, self._classes[key], 1.0 / max(n, 1))
-        self._cache = (backend, logits, row_max, sums, labels, self._classes[key], n)
+        work = self._works.setdefault(id(backend), Workspace(backend))
+        engine = ENGINES.pick(backend)
+        loss, saved = engine.forward(xp, logits, LossParams(labels), work)
+        self._cache = (engine, work, saved, labels)
         return loss
 
     def backward(self, dloss=1.0):
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss.backward called before forward")
-        backend, logits, row_max, sums, labels, classes, n = self._cache
-        return backend.fuse(softmax_minus_onehot)(logits, row_max, sums, labels, classes, float(dloss) / max(n, 1))
+        engine, work, saved, labels = self._cache
+        return engine.backward(work.xp, dloss, saved, LossParams(labels), work)[0]
 
     def _check_arguments(self, logits, labels):
         """The logits' backend; logits and labels that cannot be a batch are refused, saying what was expected."""
-        backend = backend_of(logits)
+        # the backend it was moved to (and its engine), else the one the logits live on
+        backend = self.backend if self.backend.is_array(logits) else backend_of(logits)
         if backend is None:
             raise TypeError(f"CrossEntropyLoss expects logits as an array of a backend (NumPy, CuPy or "
                             f"array-api-strict), got {type(logits).__name__}")

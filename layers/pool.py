@@ -1,7 +1,17 @@
-"""MaxPool2D: the maximum of each window."""
+"""MaxPool2D: the maximum of each window.
+
+The math is ``maxpool_reference`` and ``maxpool_backward_reference``: a loop over the
+kh·kw window positions, each a strided view of the whole batch. Three engines with the
+interface of layers/engine.py run it: ``PoolReference`` (the math, ``engine="reference"``),
+``ThreadedPool`` (CPU: the same loops over parts of the batch in threads) and
+``WindowPool`` (launch-bound: a reduction over a window view, two fused kernels back).
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .base import Layer
+from .engine import Engines
 from .windows import output_size, pair, window_slices
 
 
@@ -59,17 +69,102 @@ def route_to_first_max(xp, windows, maxima, ranks, best, dy):
     return dy * xp.astype((rank == best) & (best > 0), dy.dtype)
 
 
+@dataclass(frozen=True)
+class PoolParams:
+    """What every pool engine reads: the window's size and its stride, (height, width) each."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+
+
+def _covered(shape, params: PoolParams) -> bool:
+    """Whether the windows cover an input of ``shape`` exactly, without overlap."""
+    (kh, kw), (sh, sw) = params.kernel_size, params.stride
+    return ((sh, sw) == (kh, kw) and shape[2] == output_size(shape[2], kh, sh) * kh
+            and shape[3] == output_size(shape[3], kw, sw) * kw)
+
+
+class PoolReference:
+    """The definition of max-pooling (the engine ``engine="reference"`` runs); saved: (x, y)."""
+
+    @staticmethod
+    def forward(xp, x, params: PoolParams, work=None):
+        y = maxpool_reference(xp, x, params.kernel_size, params.stride)
+        return y, (x, y)
+
+    @staticmethod
+    def backward(xp, dy, saved, params: PoolParams, work=None, need_dx=True, out=None):
+        x, y = saved
+        return maxpool_backward_reference(xp, x, y, dy, params.kernel_size, params.stride), {}
+
+
+class ThreadedPool:
+    """The reference's loops over parts of the batch, in the cpu backend's threads."""
+
+    @staticmethod
+    def forward(xp, x, params: PoolParams, work):
+        (kh, kw), (sh, sw) = params.kernel_size, params.stride
+        y = xp.empty((x.shape[0], x.shape[1], output_size(x.shape[2], kh, sh), output_size(x.shape[3], kw, sw)),
+                     dtype=x.dtype)
+        work.backend.map_slices(
+            lambda part: maxpool_reference(xp, x[part, ...], params.kernel_size, params.stride, out=y[part, ...]),
+            x.shape[0])
+        return y, (x, y)
+
+    @staticmethod
+    def backward(xp, dy, saved, params: PoolParams, work, need_dx=True, out=None):
+        x, y = saved
+        dx = (xp.empty if _covered(x.shape, params) else xp.zeros)(x.shape, dtype=dy.dtype)
+        work.backend.map_slices(
+            lambda part: maxpool_backward_reference(xp, x[part, ...], y[part, ...], dy[part, ...],
+                                                    params.kernel_size, params.stride, out=dx[part, ...]),
+            x.shape[0])
+        return dx, {}
+
+
+class WindowPool:
+    """Launch-bound: when the windows cover x exactly (stride = kernel, the usual case), x viewed
+    as (N, C, OH, kh, OW, kw); forward is one reduction over the window axes, backward two fused
+    kernels that find each window's first maximum and route dy to it. Otherwise ``ThreadedPool``."""
+
+    @staticmethod
+    def forward(xp, x, params: PoolParams, work):
+        if not _covered(x.shape, params):
+            return ThreadedPool.forward(xp, x, params, work)
+        (kh, kw), (n, c, h, w) = params.kernel_size, x.shape
+        windows = xp.reshape(x, (n, c, h // kh, kh, w // kw, kw))
+        y = xp.max(windows, axis=(3, 5))
+        return y, (windows, y)
+
+    @staticmethod
+    def backward(xp, dy, saved, params: PoolParams, work, need_dx=True, out=None):
+        windows, y = saved
+        if windows.ndim != 6:
+            return ThreadedPool.backward(xp, dy, saved, params, work)
+        n, c, out_h, kh, out_w, kw = windows.shape
+        fuse = work.backend.fuse
+        # rank of window position (i, j): kh·kw for the first, 1 for the last
+        ranks = work.constant(f"ranks-{dy.dtype}", lambda: xp.reshape(xp.arange(kh * kw, 0, -1, dtype=dy.dtype),
+                                                                      (1, 1, 1, kh, 1, kw)))
+        maxima = xp.reshape(y, (n, c, out_h, 1, out_w, 1))
+        best = fuse(first_max_rank)(windows, maxima, ranks)
+        dx = fuse(route_to_first_max)(windows, maxima, ranks, xp.reshape(best, (n, c, out_h, 1, out_w, 1)),
+                                      xp.reshape(dy, (n, c, out_h, 1, out_w, 1)))
+        return xp.reshape(dx, (n, c, out_h * kh, out_w * kw)), {}
+
+
+ENGINES = Engines(reference=PoolReference, cpu=ThreadedPool, launch_bound=WindowPool)
+
+
 class MaxPool2D(Layer):
     """``y[n, c, oh, ow] = max_{i,j} x[n, c, s·oh + i, s·ow + j]``.
 
     Shapes: x (N, C, H, W) → y (N, C, OH, OW), ``OH = (H - kh) // sh + 1`` (likewise OW);
     stride defaults to the kernel size; windows may overlap (stride < kernel).
 
-    Computes ``maxpool_reference`` and ``maxpool_backward_reference``. On the CPU, those
-    loops run over parts of the batch in threads. On a launch-bound device, when the
-    windows cover the input exactly without overlap (stride = kernel, the usual case), x is viewed as
-    (N, C, OH, kh, OW, kw): forward is one reduction over the window axes, backward two
-    fused kernels that find each window's first maximum and route dy to it.
+    Computes ``maxpool_reference`` and ``maxpool_backward_reference``, with the engine
+    the backend asks for (see the module docstring). The gradient of each window goes
+    to its first maximum, as in PyTorch.
     """
 
     def __init__(self, kernel_size, stride=None):
@@ -82,56 +177,19 @@ class MaxPool2D(Layer):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         return (n, c, output_size(h, kh, sh), output_size(w, kw, sw))
 
-    def _windows(self, x):
-        """x as (N, C, OH, kh, OW, kw) when the windows cover it exactly without overlap (a view); else None."""
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        if not self.backend.launch_bound or (sh, sw) != (kh, kw):
-            return None
-        n, c, out_h, out_w = self.output_shape(tuple(x.shape))
-        if x.shape[2] != out_h * kh or x.shape[3] != out_w * kw:
-            return None
-        return self.xp.reshape(x, (n, c, out_h, kh, out_w, kw))
-
     def forward(self, x):
         self._check_input(x, rank=4, expected="(N, C, H, W)")
         kh, kw = self.kernel_size
         if x.shape[2] < kh or x.shape[3] < kw:
             raise ValueError(f"{self!r}: input {tuple(x.shape)} is smaller than the {kh}x{kw} window")
-        windows = self._windows(x)
-        if windows is not None:
-            y = self.xp.max(windows, axis=(3, 5))
-        else:
-            y = self.xp.empty(self.output_shape(tuple(x.shape)), dtype=x.dtype)
-            self.backend.map_slices(
-                lambda part: maxpool_reference(self.xp, x[part, ...], self.kernel_size, self.stride, out=y[part, ...]),
-                x.shape[0])
-        self._cache = (x, windows, y) if self.training else None
+        y, saved = ENGINES.pick(self.backend).forward(self.xp, x, PoolParams(self.kernel_size, self.stride), self.work)
+        self._cache = saved if self.training else None
         return y
 
     def backward(self, dy):
-        x, windows, y = self._saved()
-        if windows is not None:
-            return self._backward_windows(windows, y, dy)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        covered = (sh, sw) == (kh, kw) and x.shape[2] == dy.shape[2] * kh and x.shape[3] == dy.shape[3] * kw
-        dx = (self.xp.empty if covered else self.xp.zeros)(x.shape, dtype=dy.dtype)
-        self.backend.map_slices(
-            lambda part: maxpool_backward_reference(self.xp, x[part, ...], y[part, ...], dy[part, ...],
-                                                    self.kernel_size, self.stride, out=dx[part, ...]),
-            x.shape[0])
+        engine = ENGINES.pick(self.backend)
+        dx, _ = engine.backward(self.xp, dy, self._saved(), PoolParams(self.kernel_size, self.stride), self.work)
         return dx
-
-    def _backward_windows(self, windows, y, dy):
-        xp, backend = self.xp, self.backend
-        n, c, out_h, kh, out_w, kw = windows.shape
-        # rank of window position (i, j): kh·kw for the first, 1 for the last
-        ranks = self._constant(f"ranks-{dy.dtype}", lambda: xp.reshape(xp.arange(kh * kw, 0, -1, dtype=dy.dtype),
-                                                                      (1, 1, 1, kh, 1, kw)))
-        maxima = xp.reshape(y, (n, c, out_h, 1, out_w, 1))
-        best = backend.fuse(first_max_rank)(windows, maxima, ranks)
-        dx = backend.fuse(route_to_first_max)(windows, maxima, ranks, xp.reshape(best, (n, c, out_h, 1, out_w, 1)),
-                                              xp.reshape(dy, (n, c, out_h, 1, out_w, 1)))
-        return xp.reshape(dx, (n, c, out_h * kh, out_w * kw))
 
     def extra_repr(self) -> str:
         text = f"kernel_size={self.kernel_size}"

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ALL_BACKENDS, TINY, backend_or_skip, patch_images, run_quietly
+from helpers import ALL_BACKENDS, ENGINE_BACKENDS, TINY, backend_or_skip, patch_images, run_quietly
+from engine_check import POLICIES, policy_backend
 from training.data import write_svhn_mat
 
 
@@ -17,6 +18,18 @@ from training.data import write_svhn_mat
 def backend(request):
     """Each backend in turn; cuda is skipped, with the reason, where there is no GPU."""
     return backend_or_skip(request.param)
+
+
+@pytest.fixture(params=ENGINE_BACKENDS)
+def any_engine(request):
+    """Each backend in turn, and cpu and strict running the reference engines (the per-op tests)."""
+    return backend_or_skip(request.param)
+
+
+@pytest.fixture(params=list(POLICIES))
+def policy(request):
+    """A backend with a device policy imposed (engine_check.POLICIES): each engine under each policy."""
+    return policy_backend(request.param)
 
 
 @pytest.fixture(params=("float32", "float64"))

@@ -24,14 +24,18 @@ from backends import BackendUnavailableError, get_backend
 
 # -- backends and tolerances -----------------------------------------------------------------------
 ALL_BACKENDS = ("cpu", "strict", "cuda")
+# The same, and the backends that run every layer's reference engine (layers/engine.py)
+ENGINE_BACKENDS = ALL_BACKENDS + ("cpu-reference", "strict-reference")
 
 # Tolerances against the cpu float64 result, per dtype (relative to the result's scale).
 TOLERANCE = {"float64": 1e-10, "float32": 2e-5}
 
 
 def backend_or_skip(name: str):
+    """The backend ``name`` (``cpu-reference``: cpu running the reference engines), or skip, saying why."""
+    device, _, engine = name.partition("-")
     try:
-        return get_backend(name)
+        return get_backend(device, engine=engine or None)
     except BackendUnavailableError as exc:
         pytest.skip(f"{name} backend unavailable: {exc}")
 
@@ -447,3 +451,10 @@ EDITS = st.lists(st.tuples(st.sampled_from(["flip", "truncate", "insert", "delet
                            st.integers(min_value=-300, max_value=300) | st.integers(min_value=0, max_value=1 << 20),
                            st.binary(min_size=1, max_size=16)),
                  min_size=1, max_size=4)
+
+
+def tie_free(rng, shape, gap=0.01):
+    """Distinct values at least ``gap`` apart and away from 0: no max-pool ties, no ReLU kinks."""
+    count = int(np.prod(shape))
+    values = (np.arange(count) - count / 2 + 0.5) * gap
+    return rng.permutation(values).reshape(shape)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import assert_close, check_layer, numerical_gradient, relative_error
-from helpers import MAX_RELATIVE_ERROR
+from backends import get_backend
+from engine_check import check_engines, host
+from helpers import MAX_RELATIVE_ERROR, assert_close, check_layer, numerical_gradient, relative_error
 from layers import BatchNorm1D, BatchNorm2D, Sequential
-from layers.batchnorm import batchnorm_backward_reference, batchnorm_reference
+from layers.batchnorm import ENGINES, BatchNormParams, batchnorm_backward_reference, batchnorm_reference
 
 
 BN_CASES = [(BatchNorm2D, (3, 4, 5, 6)), (BatchNorm1D, (7, 4)), (BatchNorm1D, (3, 4, 5))]
@@ -17,7 +18,8 @@ BN_IDS = ["2d", "1d", "1d-length"]
 
 
 @pytest.mark.parametrize("make, shape", BN_CASES, ids=BN_IDS)
-def test_batchnorm_gradients(backend, rng, make, shape):
+def test_batchnorm_gradients(any_engine, rng, make, shape):
+    backend = any_engine
     layer = make(shape[1])
     layer.to(backend, "float64")
     layer.weight.data = backend.asarray(rng.uniform(0.5, 1.5, shape[1]))  # γ, β away from their 1, 0
@@ -134,3 +136,60 @@ def test_batchnorm_agrees_with_torch(rng, make, shape):
     ours.eval(), theirs.eval()
     x = rng.standard_normal(shape)
     np.testing.assert_allclose(ours.forward(x), theirs(torch.from_numpy(x)).detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(9, 3, 5, 4), (7, 4), (5, 3, 6)], ids=["2d", "1d", "1d-length"])
+def test_batchnorm_paths_match_the_reference(policy, shape):
+    """The fused whole-batch form and the CPU's tiles over threads (tile_bytes 3000: a few examples
+    per tile, statistics merged across tiles and threads) against the plain reference."""
+    from layers import BatchNorm1D, BatchNorm2D
+    from layers.batchnorm import batchnorm_backward_reference, batchnorm_reference
+
+    rng = np.random.default_rng(11)
+    c = shape[1]
+    layer = (BatchNorm2D if len(shape) == 4 else BatchNorm1D)(c).to(policy, "float64")
+    gamma, beta = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
+    layer.weight.data, layer.bias.data = policy.asarray(gamma), policy.asarray(beta)
+    x, dy = rng.standard_normal(shape) * 4 + 30, rng.standard_normal(shape)  # a large mean: no cancellation allowed
+    y = layer.forward(policy.asarray(x))
+    dx = layer.backward(policy.asarray(dy))
+    xp, axes = get_backend("cpu").xp, (0,) + tuple(range(2, len(shape)))
+    y_ref, mean, var = batchnorm_reference(xp, x, gamma, beta, axes, 1e-5)
+    dx_ref, dgamma_ref, dbeta_ref = batchnorm_backward_reference(xp, x, gamma, dy, axes, 1e-5)
+    count = x.size // c
+    for actual, expected in ((y, y_ref), (dx, dx_ref), (layer.weight.grad, dgamma_ref), (layer.bias.grad, dbeta_ref),
+                             (layer.running_mean, 0.1 * mean), (layer.running_var, 0.9 + 0.1 * var * count / (count - 1))):
+        np.testing.assert_allclose(host(policy, actual), expected, rtol=1e-11, atol=1e-12)
+    layer.forward(policy.asarray(x))
+    layer.weight.grad = layer.bias.grad = None
+    assert layer.backward_params(policy.asarray(dy)) is None
+    np.testing.assert_allclose(host(policy, layer.weight.grad), dgamma_ref, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(9, 3, 5, 4), (7, 4), (5, 3, 6)], ids=["2d", "1d", "1d-length"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_every_batchnorm_engine_matches_the_reference_through_the_interface(policy, shape, training):
+    """BatchNormReference, TiledBatchNorm and FusedBatchNorm under this policy, the running
+    statistics they update included (a large mean: no cancellation allowed)."""
+    rng = np.random.default_rng(17)
+    c = shape[1]
+    gamma, beta = rng.uniform(0.5, 1.5, c), rng.standard_normal(c)
+    running_mean, running_var = rng.standard_normal(c), rng.uniform(0.5, 2.0, c)
+    x, dy = rng.standard_normal(shape) * 4 + 30, rng.standard_normal(shape)
+
+    def make_params(backend):
+        return BatchNormParams(backend.asarray(gamma), backend.asarray(beta), backend.asarray(running_mean.copy()),
+                               backend.asarray(running_var.copy()), 1e-5, 0.1, training)
+
+    if training:
+        check_engines(ENGINES, policy, make_params, x, dy, state=("running_mean", "running_var"), rtol=1e-11,
+                      atol=1e-12)
+    else:  # eval: a forward only (no backward in eval mode)
+        from layers.engine import Workspace
+
+        expected, _ = ENGINES.reference.forward(get_backend("cpu").xp, x, make_params(get_backend("cpu")))
+        for kind in ("reference", "cpu", "launch_bound"):
+            y, saved = getattr(ENGINES, kind).forward(policy.xp, policy.asarray(x), make_params(policy),
+                                                      Workspace(policy))
+            assert saved is None
+            np.testing.assert_allclose(host(policy, y), expected, rtol=1e-12, atol=1e-12)

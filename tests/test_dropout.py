@@ -6,12 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from backends.random import derive_key
+from engine_check import check_engines
 from helpers import MAX_RELATIVE_ERROR, numerical_gradient, relative_error
 from layers import Dropout
+from layers.dropout import ENGINES, DropoutParams
 
 
-def test_dropout_gradient_with_its_mask(backend, rng):
+def test_dropout_gradient_with_its_mask(any_engine, rng):
     """dx of Dropout is the mask's scale where kept, 0 elsewhere (the mask held fixed: same step)."""
+    backend = any_engine
     layer = Dropout(0.4, seed=3).to(backend, "float64")
     x = rng.standard_normal((6, 5))
 
@@ -89,3 +93,11 @@ def test_dropout_agrees_with_torch(rng):
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=0)
     theirs = torch.nn.Dropout(0.3).eval()
     np.testing.assert_array_equal(ours.eval().forward(x), theirs(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_the_dropout_engine_matches_the_reference_through_the_interface(policy, p):
+    """The same mask (from the same key) and the same scale on every backend and policy."""
+    rng = np.random.default_rng(18)
+    x, dy = rng.standard_normal((6, 3, 5)), rng.standard_normal((6, 3, 5))
+    check_engines(ENGINES, policy, lambda backend: DropoutParams(p, derive_key(3, 0, 7)), x, dy, rtol=1e-15, atol=0)

@@ -197,7 +197,7 @@ def test_variants_are_separate_kernels_and_numbers_are_arguments():
 def test_fused_names_are_kernel_identifiers():
     """cupy.fuse names the CUDA kernel after the function and its switches: it must be a C identifier."""
     from backends import get_backend
-    from layers.batchnorm import scaled_sum
+    from layers.batchnorm_fused import scaled_sum
 
     fused = get_backend("cpu").fuse(scaled_sum, axes=(0, 2, 3))
     assert fused.name == "scaled_sum_axes_0_2_3" and fused.name.isidentifier()

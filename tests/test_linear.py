@@ -1,0 +1,63 @@
+"""Linear: both engines under every policy against the reference, gradients against finite
+differences (every backend and engine), views as inputs, launches per pass."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends import get_backend
+from backends.counting import count_operations
+from engine_check import check_engines
+from helpers import backend_or_skip, check_layer
+from layers import Linear
+from layers.linear import ENGINES, LinearParams
+
+
+def test_linear_with_a_transposed_input(rng):
+    layer = Linear(5, 3, rng=rng).to(get_backend("cpu"), "float64")
+    columns = rng.standard_normal((5, 7))  # (in_features, N), so columns.T is an F-ordered view
+    x = columns.T
+    assert not x.flags.c_contiguous
+    expected = np.ascontiguousarray(x) @ layer.weight.data.T + layer.bias.data
+    np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal((7, 3)).T.copy().T  # a transposed gradient too
+    np.testing.assert_allclose(layer.backward(dy), dy @ layer.weight.data, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.grad, dy.T @ np.ascontiguousarray(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("batch, bias", [(1, True), (4, True), (3, False)])
+def test_linear_gradients(any_engine, rng, batch, bias):
+    backend = any_engine
+    check_layer(Linear(5, 3, bias=bias, rng=rng), rng.standard_normal((batch, 5)), backend, rng)
+
+
+@pytest.mark.parametrize("batch, bias", [(1, True), (40, True), (33, False)])
+def test_every_linear_engine_matches_the_reference_through_the_interface(policy, monkeypatch, batch, bias):
+    """LinearReference and SplitLinear under this policy (split over threads even at these sizes)."""
+    import backends.base as backend_base
+
+    monkeypatch.setattr(backend_base, "MIN_WORK_PER_THREAD", 1)
+    rng = np.random.default_rng(13)
+    weight, bias_host = rng.standard_normal((48, 20)), rng.standard_normal(48) if bias else None
+    x, dy = rng.standard_normal((batch, 20)), rng.standard_normal((batch, 48))
+
+    def make_params(backend):
+        return LinearParams(backend.asarray(weight), None if bias_host is None else backend.asarray(bias_host))
+
+    check_engines(ENGINES, policy, make_params, x, dy)
+
+
+def test_linear_launches_per_pass():
+    """One matmul and one bias add forward; dW, db and dx backward (dW and db only for a first layer)."""
+    strict = backend_or_skip("strict")
+    layer = Linear(64, 10, rng=np.random.default_rng(0)).to(strict)
+    x = strict.asarray(np.random.default_rng(1).standard_normal((16, 64)), dtype="float32")
+    with count_operations() as forward:
+        y = layer.forward(x)
+    dy = strict.xp.ones(y.shape, dtype=y.dtype)
+    with count_operations() as backward:
+        layer.backward(dy)
+    layer.forward(x)
+    with count_operations() as first_layer:
+        layer.backward_params(dy)
+    assert (forward.operations, backward.operations, first_layer.operations) == (2, 3, 2)
