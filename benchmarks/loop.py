@@ -46,7 +46,7 @@ def xpnet_loop(model_name: str, device: str, batch_size: int, images, labels, ep
     from models import build_model
     from training.data.loader import DataLoader, channel_stats
     from training.optim import Adam
-    from training.trainer import Trainer
+    from training.loop.trainer import Trainer
 
     backend = get_backend(device)
     model = build_model(model_name, seed=0, backend=backend)

@@ -104,7 +104,7 @@ def _trainer_step(model, backend, batch_size: int, rng):
 
     from training.data.loader import DataLoader
     from training.optim import Adam
-    from training.trainer import Trainer
+    from training.loop.trainer import Trainer
 
     from training.data.augment import RandomShift
     from training.schedules import make_schedule

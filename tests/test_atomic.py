@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.atomic import write_atomically
-from training.plots import plot_curves
+from training.saving.atomic import write_atomically
+from training.saving.plots import plot_curves
 
 
 def test_success_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -35,6 +35,6 @@ def test_plots_are_written_through_it(tmp_path, monkeypatch):
     path = plot_curves(history, tmp_path / "curves.png")
     assert path.read_bytes().startswith(b"\x89PNG")
     calls = []
-    monkeypatch.setattr("training.plots.write_atomically", lambda *args, **kwargs: calls.append(args[0]))
+    monkeypatch.setattr("training.saving.plots.write_atomically", lambda *args, **kwargs: calls.append(args[0]))
     plot_curves(history, tmp_path / "again.png")
     assert calls == [tmp_path / "again.png"]

@@ -11,7 +11,7 @@ import pytest
 from backends import available_backends, get_backend, registry
 from backends.base import cpu_threads
 from helpers import SMALL, one_error_line, run
-from training.checkpoint import load_checkpoint
+from training.saving.checkpoint import load_checkpoint
 
 
 def test_names_and_round_trip(backend):

@@ -20,9 +20,9 @@ from backends import get_backend
 from helpers import EDITS, call_cli, evaluated, mutate, reference_channel_stats
 from layers import CrossEntropyLoss
 from models import MLP, build_model
-from training.checkpoint import load_checkpoint, save_checkpoint
 from training.errors import CheckpointError
 from training.optim import SGD, Adam
+from training.saving.checkpoint import load_checkpoint, save_checkpoint
 
 
 def trained_pair(backend, steps=3):
@@ -69,7 +69,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
     cpu = get_backend("cpu")
     model, optimizer = trained_pair(cpu, steps=1)
     save_checkpoint(tmp_path / "lnet.npz", model, optimizer, epoch=1, backend=cpu)
-    with pytest.raises(CheckpointError, match="checkpoint of model 'lnet', not 'mlp'; use --model lnet"):
+    with pytest.raises(CheckpointError, match="checkpoint of model 'lnet', not 'mlp'; use 'model' lnet"):
         load_checkpoint(tmp_path / "lnet.npz").restore_model(build_model("mlp"), cpu)
     checkpoint = load_checkpoint(tmp_path / "lnet.npz")
     checkpoint.params["9.weight"] = np.zeros((12, 256), dtype=np.float32)

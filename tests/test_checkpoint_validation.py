@@ -16,7 +16,7 @@ import cli
 from backends import get_backend
 from helpers import copy_run, one_error_line, run
 from models import build_model
-from training.checkpoint import save_checkpoint
+from training.saving.checkpoint import save_checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")

@@ -9,7 +9,7 @@ import pytest
 
 import cli
 from helpers import SMALL, ambiguous, one_error_line, reference_channel_stats, reference_cross_entropy, reference_forward, reference_normalise, reference_softmax, run
-from training.checkpoint import load_checkpoint
+from training.saving.checkpoint import load_checkpoint
 
 
 

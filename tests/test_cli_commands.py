@@ -18,8 +18,8 @@ import scipy.io
 
 import cli
 from helpers import TINY, copy_run, one_error_line, run
-from training.checkpoint import load_checkpoint
 from training.data import write_svhn_mat
+from training.saving.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 TESTS = Path(__file__).resolve().parent

@@ -94,7 +94,7 @@ def command_lines(draw):
     command = draw(st.sampled_from(["train", "resume", "evaluate", "predict"]))
     every_flag = sorted(VALUES) + SWITCHES
     honoured = [flag for flag in every_flag if command in ("train", "resume")
-                or flag[2:].replace("-", "_") in cli.COMMAND_FLAGS[command]]
+                or flag[2:].replace("-", "_") in cli.COMMAND_SETTINGS[command]]
     flags = draw(st.lists(st.sampled_from(honoured), max_size=4, unique=True))
     if draw(st.integers(0, 3)) == 0:  # now and then a flag the command may refuse
         flags = list(dict.fromkeys(flags + [draw(st.sampled_from(every_flag))]))

@@ -10,8 +10,8 @@ import pytest
 
 import cli
 from helpers import SMALL, run
-from training.checkpoint import load_checkpoint
-from training.trainer import Trainer
+from training.loop.trainer import Trainer
+from training.saving.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -78,7 +78,7 @@ def test_mistakes_are_the_most_confident_wrong_predictions(tmp_path):
     from backends import get_backend
     from models import build_model
     from training.data import DataLoader, channel_stats
-    from training.plots import most_confident_mistakes
+    from training.saving.plots import most_confident_mistakes
 
     cpu = get_backend("cpu")
     rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def test_mistakes_are_the_most_confident_wrong_predictions(tmp_path):
 
 def test_filters_come_from_the_first_layer_that_sees_the_image():
     from models import build_model
-    from training.plots import first_layer_filters
+    from training.saving.plots import first_layer_filters
 
     for name, expected in (("cnn", (32, 3, 3, 3)), ("lnet", (6, 3, 5, 5)), ("mlp", (1024, 3072))):
         layer, _ = first_layer_filters(build_model(name))

@@ -30,8 +30,8 @@ import pytest
 
 import cli
 from helpers import SMALL, TINY, one_error_line, run, svhn_flags
-from training.checkpoint import load_checkpoint
-from training.trainer import Trainer
+from training.loop.trainer import Trainer
+from training.saving.checkpoint import load_checkpoint
 
 
 REPO = Path(__file__).resolve().parent.parent

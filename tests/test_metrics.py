@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.metrics import accuracy, confusion_matrix, per_class_accuracy
+from training.loop.metrics import accuracy, confusion_matrix, per_class_accuracy
 
 
 def test_metrics():
@@ -22,7 +22,7 @@ def test_metrics():
 
 
 def test_metrics_edge_cases():
-    from training.metrics import accuracy, confusion_matrix, per_class_accuracy
+    from training.loop.metrics import accuracy, confusion_matrix, per_class_accuracy
 
     assert accuracy([], []) == 0.0  # an empty set: 0, not NaN and not 1
     assert accuracy(np.array([[1], [2]]), [1, 3]) == 0.5  # column vectors are flattened

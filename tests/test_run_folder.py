@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from helpers import SMALL, TINY, copy_run, one_error_line, run, snapshot
-from training import run_folder
-from training.checkpoint import load_checkpoint
-from training.trainer import Trainer
+from training.loop.trainer import Trainer
+from training.run import folder as run_folder
+from training.saving.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def test_overwrite_replaces_the_run(tmp_path, capsys, finished_run):
 
 def test_default_folders_of_runs_started_in_the_same_second_differ(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("cli.time.strftime", lambda *args: "20260101-120000")
+    monkeypatch.setattr("training.run.fit.time.strftime", lambda *args: "20260101-120000")
     for _ in range(2):
         code, stdout, err = run(TINY + ["--epochs", "1"], capsys)
         assert code == 0, err
@@ -53,7 +53,7 @@ def test_default_folders_of_runs_started_in_the_same_second_differ(tmp_path, cap
 
 def hold_lock_in_another_process(folder: Path) -> subprocess.Popen:
     """A second Python process that claims ``folder`` and keeps it until its stdin closes."""
-    code = ("import sys; from training.run_folder import claim; f = claim(sys.argv[1]); "
+    code = ("import sys; from training.run.folder import claim; f = claim(sys.argv[1]); "
             "print('claimed', flush=True); sys.stdin.read(); f.release()")
     process = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=REPO, text=True,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -175,7 +175,7 @@ def test_an_early_interrupt_leaves_no_empty_folder(tmp_path, capsys, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("cli.load_training_data", interrupted)
+    monkeypatch.setattr("training.run.fit.load_training_data", interrupted)
     code, _, err = run(TINY + ["--out", str(tmp_path / "run")], capsys)
     assert code == 130
     assert err.strip() == f"interrupted before an epoch ended; nothing was saved in {tmp_path / 'run'}"
@@ -283,7 +283,7 @@ def test_an_interrupt_before_overwrite_took_effect_does_not_offer_the_other_runs
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("cli.load_training_data", interrupted)
+    monkeypatch.setattr("training.run.fit.load_training_data", interrupted)
     code, _, err = run(TINY + ["--optimizer", "sgd", "--out", str(out), "--overwrite"], capsys)
     assert code == 130
     assert err.strip() == f"interrupted before an epoch ended; nothing was saved in {out}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 
-from training.streams import ReaderMayLeave
+from training.run.streams import ReaderMayLeave
 
 
 def test_a_stream_whose_reader_left_goes_to_devnull():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.tally import CorrectCount, Tally
+from training.loop.tally import CorrectCount, Tally
 
 
 def test_tally_adds_weighted_values_when_read(backend):

@@ -12,11 +12,12 @@ from backends import get_backend
 from helpers import SMALL, ambiguous, one_error_line, reference_channel_stats, reference_cross_entropy, \
     reference_forward, reference_normalise, run
 from models import build_model
-from training.checkpoint import load_checkpoint
 from training.data import DataLoader, channel_stats
-from training.errors import TrainingDiverged, XpnetError
+from training.errors import TrainingDiverged, XpnetError, settings_named
+from training.loop.trainer import Trainer
 from training.optim import SGD, Adam
-from training.trainer import Trainer, write_metrics
+from training.saving.checkpoint import load_checkpoint
+from training.saving.metrics_file import write_metrics
 
 
 def separable_images(rng, n: int):
@@ -107,7 +108,7 @@ def test_a_tied_best_accuracy_keeps_the_first_epoch_in_best_npz_and_best_epoch(s
     accuracy: the best epoch is the first one, in metrics.json and in best.npz alike."""
     from training.data import DataLoader
     from training.optim import SGD
-    from training.trainer import Trainer
+    from training.loop.trainer import Trainer
 
     _, arrays = svhn_patches
     cpu = get_backend("cpu")
@@ -125,8 +126,10 @@ def test_a_tied_best_accuracy_keeps_the_first_epoch_in_best_npz_and_best_epoch(s
 def test_write_metrics_failure_is_a_clear_error(tmp_path):
     (tmp_path / "file").write_text("")
     path = tmp_path / "file" / "metrics.json"
-    with pytest.raises(XpnetError, match=rf"cannot write {path}: .*choose a writable folder with --out"):
+    with pytest.raises(XpnetError, match=rf"cannot write {path}: .*choose a writable folder with 'out'"):
         write_metrics(path, {}, [{"epoch": 1, "test_acc": 0.5}])
+    with settings_named(lambda name: f"--{name}"), pytest.raises(XpnetError, match="choose a writable folder with --out"):
+        write_metrics(path, {}, [{"epoch": 1, "test_acc": 0.5}])  # the command line names the setting by its flag
 
 
 # -- the loss becomes NaN or infinite --------------------------------------------------------------
@@ -140,7 +143,7 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, rng):
     trainer.fit(loader, loader, epochs=1)
     good = (tmp_path / "checkpoint.npz").read_bytes()
     optimizer.lr = 1e12
-    with pytest.raises(TrainingDiverged, match=r"became (nan|inf).*try a smaller --lr.*is intact"):
+    with pytest.raises(TrainingDiverged, match=r"became (nan|inf).*try a smaller 'lr'.*is intact"):
         trainer.fit(loader, loader, epochs=3, start_epoch=1)
     assert (tmp_path / "checkpoint.npz").read_bytes() == good
 

@@ -15,7 +15,7 @@ make sure the interrupt is not lost:
 * :func:`check` raises KeyboardInterrupt again if a signal has arrived. The CLI calls it
   between the steps of its start-up, and :class:`StopOnSignal` calls it before every batch,
   so a swallowed interrupt ends the run one batch later.
-* Inside :func:`deferred` (used by ``training.atomic.write_atomically``), the handler only
+* Inside :func:`deferred` (used by ``training.saving.atomic.write_atomically``), the handler only
   records the signal: the file is finished, and the next :func:`check` stops the run.
 * :func:`quiet_unraisable` keeps Python from printing a swallowed KeyboardInterrupt.
 
@@ -25,6 +25,7 @@ handler raises KeyboardInterrupt, :func:`check` and :func:`deferred` do nothing.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import signal
 import sys
 
@@ -139,3 +140,16 @@ def quiet_unraisable():
         yield
     finally:
         sys.unraisablehook = previous
+
+
+def import_whole(*names: str) -> None:
+    """Import the modules ``names`` with stop signals deferred, then act on a signal that came meanwhile.
+
+    An import cut short by KeyboardInterrupt leaves a module half-initialised (NumPy then
+    refuses to load a second time), and the clean-up after an interrupt needs several of
+    them. Importing them in one piece delays a Ctrl-C by at most the import time.
+    """
+    with deferred():
+        for name in names:
+            importlib.import_module(name)
+    check()

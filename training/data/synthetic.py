@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import write_atomically
+from ..saving.atomic import write_atomically
 from . import glyphs
 from .imageset import ImageSet
 

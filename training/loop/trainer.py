@@ -1,7 +1,6 @@
 """Trainer: epochs of training and evaluation, progress, history, checkpoints and plots."""
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -14,11 +13,12 @@ from tqdm.auto import tqdm
 
 from layers import CrossEntropyLoss
 
-from .atomic import write_atomically
-from .checkpoint import save_checkpoint
-from .errors import TrainingDiverged, XpnetError
-from .metrics import confusion_matrix, per_class_accuracy
-from .plots import first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters, plot_mistakes
+from ..errors import TrainingDiverged, XpnetError, setting
+from ..saving.checkpoint import save_checkpoint
+from ..saving.metrics_file import write_error, write_metrics
+from ..saving.plots import (first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters,
+                            plot_mistakes)
+from .metrics import confusion_matrix
 from .tally import CorrectCount, Tally
 
 
@@ -59,6 +59,9 @@ class Trainer:
     every step; ``step`` counts the steps taken (saved in checkpoints, so a resumed run
     continues the schedule where it was). A training loss that explodes but stays finite
     gets one warning through ``warn`` (stderr by default).
+
+    ``progress``: a progress bar per epoch, drawn only in a terminal or a notebook (not into
+    a file or a CI log, where ``log``'s one line per epoch says enough).
 
     The running loss and the count of correct predictions stay on the device; they are
     read back only every ``refresh_every`` steps (for the progress bar) and at the end of
@@ -129,8 +132,10 @@ class Trainer:
         # Σ loss·batch and Σ correct stay on the device until read (every refresh_every steps)
         loss_sum, correct = Tally(xp), CorrectCount(self.backend)
         seen = 0
+        # disable=None: a bar only where it can be redrawn (a terminal; a notebook draws a widget). Into a file or a
+        # CI log each redraw would be one more line; there the per-epoch line is the progress (Keras' verbose=2).
         bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
+                   disable=None if self.progress else True, dynamic_ncols=True)
         start = time.perf_counter()
         try:
             for step, (x, y) in enumerate(loader, start=1):
@@ -186,7 +191,7 @@ class Trainer:
             f"the test loss became {value} after epoch {epoch}"
         raise TrainingDiverged(
             f"{where}: the learning rate (lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; "
-            f"try a smaller --lr{kept}"
+            f"try a smaller {setting('lr')}{kept}"
         )
 
     def _check_not_exploded(self, value: float, epoch: int, step: int | None) -> None:
@@ -198,7 +203,7 @@ class Trainer:
         where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
         self.warn(f"warning: the training loss is {value:.4g} at {where}, more than {EXPLODED_LOSS_FACTOR}x the "
                   f"{chance:.2f} of guessing: the weights have blown up; the learning rate "
-                  f"(lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; try a smaller --lr")
+                  f"(lr={getattr(self.optimizer, 'lr', '?')}) is probably too high; try a smaller {setting('lr')}")
 
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, loader) -> Evaluation:
@@ -225,7 +230,7 @@ class Trainer:
                 try:
                     plot(out / name)
                 except OSError as exc:
-                    raise _write_error(out / name, exc) from exc
+                    raise write_error(out / name, exc) from exc
         except XpnetError as exc:
             raise XpnetError(f"{exc} ({out / 'checkpoint.npz'} holds epoch {epoch}; resume from it)") from exc
 
@@ -280,20 +285,3 @@ def evaluate(model, loader, backend) -> Evaluation:
         confidence=backend.to_numpy(xp.concat(confidences)).astype(np.float64),
         indices=indices,
     )
-
-
-def _write_error(path: Path, exc: OSError) -> XpnetError:
-    return XpnetError(f"cannot write {path}: {exc.strerror or exc}; free some disk space or choose a writable folder with --out")
-
-
-def write_metrics(path: Path, config: dict, history: list[dict], evaluation: Evaluation | None = None) -> None:
-    """metrics.json: the config, one object per epoch, and the last evaluation's details."""
-    best = max(history, key=lambda row: row["test_acc"]) if history else None
-    document = {"config": config, "history": history, "best_epoch": best["epoch"] if best else None}
-    if evaluation is not None:
-        document["per_class_accuracy"] = [None if math.isnan(v) else v for v in per_class_accuracy(evaluation.confusion).tolist()]
-        document["confusion"] = evaluation.confusion.tolist()
-    try:
-        write_atomically(path, lambda stream: json.dump(document, stream, indent=2), text=True)
-    except OSError as exc:
-        raise _write_error(path, exc) from exc

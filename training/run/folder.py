@@ -24,7 +24,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import XpnetError
+from ..saving.checkpoint import read_header
+from ..errors import CheckpointError, XpnetError, setting
 
 try:
     import fcntl
@@ -112,10 +113,10 @@ def check_new_run(folder: RunFolder, overwrite: bool) -> None:
     present = folder.run_files()
     if not present or overwrite:
         return
-    resume = f", continue it with --resume {folder.path / 'checkpoint.npz'}" if "checkpoint.npz" in present else ""
+    resume = f", continue it with {setting('resume')} {folder.path / 'checkpoint.npz'}" if "checkpoint.npz" in present else ""
     raise XpnetError(
         f"{folder.path} already holds a run ({', '.join(present)}); a new run there would replace it: "
-        f"choose another --out{resume}, or pass --overwrite to replace it"
+        f"choose another {setting('out')}{resume}, or pass {setting('overwrite')} to replace it"
     )
 
 
@@ -150,8 +151,8 @@ def resume_conflicts(folder: RunFolder, source: Path, source_history: list) -> l
             conflicts.append((name, _resume_conflict(folder.path, name, history, source, source_history)))
     if present and not identified:
         conflicts += [(name, f"{folder.path} holds files of a run ({', '.join(present)}) but no checkpoint or metrics.json "
-                             f"that shows which; resuming {source} there could mix two runs: choose another --out, "
-                             f"or pass --overwrite") for name in present]
+                             f"that shows which; resuming {source} there could mix two runs: choose another {setting('out')}, "
+                             f"or pass {setting('overwrite')}") for name in present]
     return conflicts
 
 
@@ -159,20 +160,18 @@ def _resume_conflict(folder: Path, name: str, history: list | None, source: Path
     target = folder / name
     if history is None:
         return (f"{target} cannot be read, so it may hold another run that resuming {source} there would replace: "
-                f"choose another --out, or pass --overwrite to replace it")
+                f"choose another {setting('out')}, or pass {setting('overwrite')} to replace it")
     if _is_prefix(source_history, history):
         hint = "" if name != "checkpoint.npz" else f"resume from {target} instead, "
         return (f"{target} holds epoch {len(history)} of this run, more than {source} (epoch {len(source_history)}); "
-                f"resuming from there would roll it back: {hint}write the resumed run to another --out, "
-                f"or pass --overwrite to replace it")
+                f"resuming from there would roll it back: {hint}write the resumed run to another {setting('out')}, "
+                f"or pass {setting('overwrite')} to replace it")
     return (f"{target} belongs to another run (its history differs from that of {source}); resuming there would "
-            f"replace that run: choose another --out, or pass --overwrite to replace it")
+            f"replace that run: choose another {setting('out')}, or pass {setting('overwrite')} to replace it")
 
 
 def read_history(path: Path) -> list | None:
     """The history (list of per-epoch rows) a run file records, or None if it cannot be read."""
-    from .checkpoint import read_header
-    from .errors import CheckpointError
 
     try:
         if path.suffix == ".npz":
@@ -208,7 +207,7 @@ def _make_folders(path: Path) -> list[Path]:
             break
         folder = folder.parent
     if not folder.is_dir() and folder not in missing:
-        raise XpnetError(f"cannot create the output folder {path}: {folder} is a file, not a folder; choose another with --out")
+        raise XpnetError(f"cannot create the output folder {path}: {folder} is a file, not a folder; choose another with {setting('out')}")
     created = []
     for folder in reversed(missing):
         try:
@@ -217,7 +216,7 @@ def _make_folders(path: Path) -> list[Path]:
             continue
         except OSError as exc:
             _remove_if_empty(created)
-            raise XpnetError(f"cannot create the output folder {path}: {exc.strerror or exc}; choose another with --out") from exc
+            raise XpnetError(f"cannot create the output folder {path}: {exc.strerror or exc}; choose another with {setting('out')}") from exc
         created.append(folder)
     return created
 
@@ -229,7 +228,7 @@ def _lock(folder: Path) -> tuple[int, int | None]:
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
-            raise XpnetError(f"the output folder {folder} is not writable: {exc.strerror or exc}; choose another with --out") from exc
+            raise XpnetError(f"the output folder {folder} is not writable: {exc.strerror or exc}; choose another with {setting('out')}") from exc
         if fcntl is None:
             return descriptor, None
         try:
@@ -238,9 +237,9 @@ def _lock(folder: Path) -> tuple[int, int | None]:
             holder = _read_pid(descriptor)
             os.close(descriptor)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise XpnetError(f"cannot lock the output folder {folder}: {exc.strerror or exc}; choose another with --out") from exc
+                raise XpnetError(f"cannot lock the output folder {folder}: {exc.strerror or exc}; choose another with {setting('out')}") from exc
             who = f"process {holder}" if holder else "another process"
-            raise FolderInUseError(f"{folder} is in use by another xpnet run ({who}); wait for it to end, or choose another --out")
+            raise FolderInUseError(f"{folder} is in use by another xpnet run ({who}); wait for it to end, or choose another {setting('out')}")
         # A previous holder may have removed the file between our open and our flock: then we
         # hold a lock on a file nobody else can see, so start again with the file now at ``path``.
         if _is_same_descriptor(descriptor, path):

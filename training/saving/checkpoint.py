@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import write_atomically
-from .errors import CheckpointError
+from ..errors import CheckpointError, setting
 
 FORMAT_VERSION = 1
 # What the trainer writes for each epoch; metrics.json holds the same rows.
@@ -108,7 +108,7 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     except OSError as exc:
         raise CheckpointError(
             f"cannot write checkpoint {path}: {exc.strerror or exc}; the previous checkpoint (if any) is unchanged; "
-            "free some disk space or choose a writable --out folder"
+            f"free some disk space or choose a writable {setting('out')} folder"
         ) from exc
 
 
@@ -191,7 +191,7 @@ class Checkpoint:
         if model.name != self.model_name:
             raise CheckpointError(
                 f"{self.path} is a checkpoint of model '{self.model_name}', not '{model.name}'; "
-                f"use --model {self.model_name}"
+                f"use {setting('model')} {self.model_name}"
             )
         expected = {p.name: p.shape for p in model.parameters()}
         saved = {name: tuple(array.shape) for name, array in self.params.items()}
@@ -236,7 +236,7 @@ class Checkpoint:
         try:
             optimizer.load_state_dict(state)
         except (ValueError, TypeError, KeyError) as exc:  # TypeError, KeyError: malformed saved state
-            raise CheckpointError(f"{self.path}: {exc}; resume with the same --optimizer") from exc
+            raise CheckpointError(f"{self.path}: {exc}; resume with the same {setting('optimizer')}") from exc
 
 
 def load_checkpoint(path) -> Checkpoint:

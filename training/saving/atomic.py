@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable
 
-from . import interrupts
+from .. import interrupts
 
 
 def write_atomically(path: Path, write: Callable[[IO], None], text: bool = False) -> None:

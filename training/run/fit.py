@@ -1,0 +1,223 @@
+"""train(config): a whole training run as one library call, what ``python cli.py`` does.
+
+    from training.run import RunConfig, train
+    result = train(RunConfig(model="lnet", epochs=3, train_size=2000, test_size=500, device="cpu", out="runs/a"))
+    result.history[-1]["test_acc"], result.folder, result.best_epoch
+
+In order: check the settings (and the checkpoint when resuming), claim the run folder (a
+lock; never another run's files, unless ``overwrite``), make the backend, data, model,
+optimizer and schedule (prepare.py), then let the Trainer train, save and draw each epoch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from models import build_model
+
+from .. import interrupts
+from ..data import DataLoader
+from ..data.augment import RandomShift
+from ..errors import CheckpointError, XpnetError, setting
+from ..loop.trainer import Evaluation, Trainer
+from ..saving.checkpoint import read_header
+from .checks import check_data_settings, check_training_settings, checked_checkpoint
+from .config import EVALUATION_BATCH, MAX_SHIFT, RESUMED_SETTINGS, RunConfig
+from .folder import FolderInUseError, RunFolder, check_new_run, check_resume_target, claim
+from .prepare import (choose_backend, load_training_data, make_optimizer, model_options, normalisation_of, np_quiet,
+                      out_of_memory_advice, planned_schedule)
+
+
+@dataclass
+class RunResult:
+    """What a finished run gives back (its files are in ``folder``).
+
+    history: one dict per epoch (epoch, train_loss, train_acc, test_loss, test_acc,
+    examples_per_sec, seconds), also the resumed run's earlier epochs; best_epoch: the
+    epoch of the best test accuracy (what best.npz holds); evaluation: the last epoch's
+    test Evaluation (predictions, confusion, ...); config: the settings as filled in.
+    """
+
+    history: list[dict]
+    model: object
+    backend: object
+    folder: Path
+    best_epoch: int
+    evaluation: Evaluation
+    config: RunConfig
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped a run; every completed epoch is kept.
+
+    ``checkpoint``: the file that holds the last completed epoch, ``epoch`` (None if no epoch
+    was saved); ``folder``: the run folder (None if none was claimed yet); ``epochs``: the
+    run's target, to continue with ``RunConfig(resume=checkpoint, epochs=epochs)``.
+    """
+
+    def __init__(self, checkpoint: Path | None, epoch: int | None, folder: Path | None, epochs: int):
+        super().__init__(checkpoint, epoch)
+        self.checkpoint, self.epoch, self.folder, self.epochs = checkpoint, epoch, folder, epochs
+
+    def __str__(self) -> str:
+        if self.epoch:
+            return f"interrupted: {self.checkpoint} holds epoch {self.epoch}"
+        if self.folder is not None:
+            return f"interrupted before an epoch ended; nothing was saved in {self.folder}"
+        return "interrupted before training began; nothing was saved"
+
+
+def train(config: RunConfig, *, log=None) -> RunResult:
+    """Train (or, with ``config.resume``, continue) a run; see the module's docstring.
+
+    ``log`` receives each progress line (default: print them, unless ``config.quiet``).
+    Raises XpnetError (one clear message) for a mistake, RunInterrupted on Ctrl-C.
+    """
+    log = _logger(config, log)
+    chosen = config
+    checkpoint = checked_checkpoint(chosen.resume, "resume", chosen) if chosen.resume is not None else None
+    config = chosen.resolved(checkpoint, used=RESUMED_SETTINGS)
+    check_data_settings(chosen, config, "resume" if checkpoint else "train", checkpoint)
+    check_training_settings(chosen, config)
+    if checkpoint is not None and checkpoint.epoch >= config.epochs:
+        raise XpnetError(f"{chosen.resume} already holds {checkpoint.epoch} epochs; "
+                         f"pass {setting('epochs')} greater than {checkpoint.epoch} to train further")
+    folder, trainer, interrupted = None, None, False
+    try:
+        folder, replaced = claim_output_folder(chosen, config, checkpoint)
+        found = file_identity(folder.path / "checkpoint.npz")  # another run's, or the resumed run's own
+        if folder.stale_lock_of:
+            log(f"note: {folder.path} had a stale lock of process {folder.stale_lock_of}, which has ended; taking it over")
+        trainer, train_loader, test_loader, start_epoch = prepared_trainer(chosen, config, checkpoint, folder, replaced, log)
+        with np_quiet(), out_of_memory_advice("training", f"try a smaller {setting('batch_size')}"):
+            trainer.fit(train_loader, test_loader, config.epochs, start_epoch=start_epoch)
+        interrupted = trainer.interrupted
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        interrupts.shutting_down()  # a program that catches signals is on its way out: a second Ctrl-C cannot cut this short
+        saved_epoch = None
+        if folder is not None:
+            try:
+                path = folder.path / "checkpoint.npz"
+                if file_identity(path) != found or (checkpoint is not None and "checkpoint.npz" not in replaced):
+                    saved_epoch = epoch_saved_in(path)  # written by this run, or an earlier state of it
+            finally:
+                folder.release()
+    if interrupted:
+        raise _interrupted(chosen, config, checkpoint, folder, saved_epoch)
+    best = max(trainer.history, key=lambda row: row["test_acc"])
+    return RunResult(history=trainer.history, model=trainer.model, backend=trainer.backend, folder=folder.path,
+                     best_epoch=best["epoch"], evaluation=trainer.last_evaluation, config=config)
+
+
+def _logger(config: RunConfig, log):
+    if config.quiet:
+        return lambda message: None
+    return log if log is not None else (lambda message: print(message, flush=True))
+
+
+def claim_output_folder(chosen: RunConfig, config: RunConfig, checkpoint) -> tuple[RunFolder, list[str]]:
+    """``(folder, replaced)``: the run folder, locked for this process and checked to lose no
+    other run, and the names of the files of another run in it that ``overwrite`` replaces."""
+    if chosen.out is None and checkpoint is None:  # a fresh default name: runs/<model>-<timestamp>[-n]
+        base = Path("runs") / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for attempt in range(1, 100):
+            candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+            if candidate.exists():
+                continue
+            try:
+                folder = claim(candidate)
+            except FolderInUseError:  # another run took this name a moment ago
+                continue
+            if folder.created(candidate):
+                return folder, []
+            folder.release()
+        raise XpnetError(f"found no free folder name like {base}; choose one with {setting('out')}")
+    out = Path(chosen.out).expanduser() if chosen.out is not None else Path(chosen.resume).parent
+    folder = claim(out)
+    try:
+        if checkpoint is None:
+            check_new_run(folder, chosen.overwrite)
+            replaced = folder.run_files()  # with overwrite; without it, check_new_run refused them
+        else:
+            replaced = check_resume_target(folder, Path(chosen.resume), checkpoint.history, chosen.overwrite)
+    except BaseException:
+        folder.release()
+        raise
+    return folder, replaced
+
+
+def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: RunFolder, replaced: list[str], log):
+    """Backend, data, model and optimizer: ``(trainer, train_loader, test_loader, start_epoch)`` ready to fit."""
+    backend = choose_backend(config.device, log)
+    interrupts.check()
+    train_set, test_set = load_training_data(config, chosen, log, checkpoint)
+    interrupts.check()
+    mean, std = normalisation_of(train_set, checkpoint)
+    model = build_model(config.model, seed=config.seed, **model_options(config)).to(backend, config.dtype)
+    if hasattr(model, "dropout"):
+        config.dropout = model.dropout
+    saved = dict(config.to_dict(), mean=mean.tolist(), std=std.tolist(), device=backend.name)  # the checkpoint's config
+    optimizer = make_optimizer(config, model.parameters())
+    start_epoch, history = 0, []
+    if checkpoint is not None:
+        checkpoint.restore_model(model, backend)
+        checkpoint.restore_optimizer(optimizer)  # the saved hyperparameters too, as torch does ...
+        for name in ("lr", "weight_decay"):  # ... but a setting chosen now wins, e.g. a smaller lr after divergence
+            if getattr(chosen, name) is not None:
+                setattr(optimizer, name, getattr(chosen, name))
+        saved_momentum = getattr(optimizer, "momentum", None)
+        if chosen.momentum is not None and saved_momentum is not None and chosen.momentum != saved_momentum:
+            raise XpnetError(f"{chosen.resume} was trained with {setting('momentum')} {saved_momentum}; momentum cannot "
+                             f"change when resuming (its buffers depend on it): leave out {setting('momentum')}")
+        start_epoch, history = checkpoint.epoch, list(checkpoint.history)
+
+    loader_options = dict(backend=backend, mean=mean, std=std, dtype=config.dtype)
+    augment = RandomShift(MAX_SHIFT, seed=config.seed) if config.augment else None
+    train_loader = DataLoader(train_set.images, train_set.labels, config.batch_size, shuffle=True, seed=config.seed,
+                              augment=augment, **loader_options)
+    schedule = planned_schedule(config, len(train_loader), checkpoint, log)
+    test_loader = DataLoader(test_set.images, test_set.labels, max(config.batch_size, EVALUATION_BATCH), shuffle=False,
+                             **loader_options)
+    log(model.summary(config.batch_size))
+    what = f"resuming at epoch {start_epoch + 1}" if checkpoint else "training"
+    log(f"{what}: {config.model} on {backend.name} ({config.dtype}), {optimizer!r}, batch {config.batch_size}, "
+        f"{config.epochs} epochs; writing to {folder.path}")
+    if replaced:  # overwrite, only now that all is ready: an error above has destroyed nothing
+        removed = folder.remove_run_files(replaced)
+        log(f"{setting('overwrite')}: removed the other run's {', '.join(removed)} from {folder.path}")
+
+    trainer = Trainer(model, optimizer, backend, out_dir=folder.path, config=saved, progress=not config.quiet,
+                      log=log, schedule=schedule)
+    trainer.history = history
+    if checkpoint is not None:  # the schedule's position; checkpoints from before steps were saved: whole epochs
+        trainer.step = int(checkpoint.meta.get("step", start_epoch * len(train_loader)))
+    return trainer, interrupts.StopOnSignal(train_loader), interrupts.StopOnSignal(test_loader), start_epoch
+
+
+def file_identity(path: Path):
+    """What tells one file at ``path`` from the next (every save replaces the file); None if there is none."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino, status.st_mtime_ns
+
+
+def epoch_saved_in(path: Path) -> int | None:
+    """The epoch the checkpoint at ``path`` holds, read from the file itself; None if there is none."""
+    try:
+        return int(read_header(path)["epoch"]) if path.is_file() else None
+    except CheckpointError:
+        return None
+
+
+def _interrupted(chosen: RunConfig, config: RunConfig, checkpoint, folder: RunFolder | None,
+                 saved_epoch: int | None) -> RunInterrupted:
+    """What an interrupt kept (as the files say, not as the trainer last knew)."""
+    continue_from, epoch = (folder.path / "checkpoint.npz", saved_epoch) if folder is not None else (None, None)
+    if checkpoint is not None and (epoch is None or checkpoint.epoch > epoch):
+        continue_from, epoch = Path(chosen.resume), checkpoint.epoch
+    return RunInterrupted(continue_from, epoch, folder.path if folder is not None else None, config.epochs)

@@ -1,0 +1,28 @@
+"""metrics.json: a run's settings, its history and the last evaluation's details, for people and tools to read."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from ..errors import XpnetError, setting
+from ..loop.metrics import per_class_accuracy
+from .atomic import write_atomically
+
+
+def write_error(path: Path, exc: OSError) -> XpnetError:
+    """The error for an output file that cannot be written."""
+    return XpnetError(f"cannot write {path}: {exc.strerror or exc}; free some disk space or choose a writable folder with {setting('out')}")
+
+
+def write_metrics(path: Path, config: dict, history: list[dict], evaluation=None) -> None:
+    """metrics.json: the config, one object per epoch, and the last evaluation's details."""
+    best = max(history, key=lambda row: row["test_acc"]) if history else None
+    document = {"config": config, "history": history, "best_epoch": best["epoch"] if best else None}
+    if evaluation is not None:
+        document["per_class_accuracy"] = [None if math.isnan(v) else v for v in per_class_accuracy(evaluation.confusion).tolist()]
+        document["confusion"] = evaluation.confusion.tolist()
+    try:
+        write_atomically(path, lambda stream: json.dump(document, stream, indent=2), text=True)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
