@@ -5,7 +5,7 @@ import numpy as np
 
 from layers import CrossEntropyLoss, Layer, Linear, Parameter, Sequential
 from models import Model
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.saving.checkpoint import load_checkpoint, save_checkpoint
 from training.optim import SGD
 
 
