@@ -116,6 +116,9 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
     output("--overwrite", action="store_true",
                         help="replace the run already in --out (without it, a folder that holds another run is refused)")
     output("--quiet", action="store_true", help="no progress bar, no per-epoch lines or notes; only the final result (and errors)")
+    output("--layer-stats", metavar="N", type=typed(NON_NEGATIVE_INT), default=0,
+           help="every N training steps, record each layer's activation mean and std, gradient norm and "
+                "update/weight ratio, into metrics.json (layer_stats) and layers.png (default 0: off)")
     return parser
 
 
@@ -176,7 +179,8 @@ def train_command(args: argparse.Namespace) -> int:
         return 130
     best, final = result.history[result.best_epoch - result.history[0]["epoch"]], result.history[-1]
     print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
-          f"files in {result.folder}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png")
+          f"files in {result.folder}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png"
+          + (" layers.png" if args.layer_stats else ""))
     return 0
 
 

@@ -20,6 +20,7 @@ from .. import interrupts
 from ..data import DataLoader
 from ..data.augment import RandomShift
 from ..errors import CheckpointError, XpnetError, setting
+from ..loop.layer_stats import LayerStats
 from ..loop.trainer import Evaluation, Trainer
 from ..saving.checkpoint import read_header
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
@@ -189,8 +190,9 @@ def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: R
         removed = folder.remove_run_files(replaced)
         log(f"{setting('overwrite')}: removed the other run's {', '.join(removed)} from {folder.path}")
 
+    layer_stats = LayerStats(model, backend, config.layer_stats) if config.layer_stats else None
     trainer = Trainer(model, optimizer, backend, out_dir=folder.path, config=saved, progress=not config.quiet,
-                      log=log, schedule=schedule)
+                      log=log, schedule=schedule, layer_stats=layer_stats)
     trainer.history = history
     if checkpoint is not None:  # the schedule's position; checkpoints from before steps were saved: whole epochs
         trainer.step = int(checkpoint.meta.get("step", start_epoch * len(train_loader)))
