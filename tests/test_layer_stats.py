@@ -182,3 +182,24 @@ def test_without_the_flag_no_statistics_and_a_wrong_value_is_one_error_line(tmp_
 def test_layer_stats_refuses_a_nonsense_interval():
     with pytest.raises(ValueError, match="whole number of steps"):
         LayerStats(Tiny(), None, every=0)
+
+
+def test_a_resumed_run_keeps_the_statistics_from_before_the_resume(tmp_path):
+    """Stopped after epoch 1 and resumed to 2: the same layer_stats as the run that went straight through."""
+    common = ["--model", "mlp", "--train-size", "256", "--test-size", "64", "--device", "cpu", "--batch-size", "64",
+              "--layer-stats", "3", "--quiet"]
+    assert call_cli([*common, "--epochs", "2", "--out", str(tmp_path / "straight")]).code == 0
+    assert call_cli([*common, "--epochs", "1", "--out", str(tmp_path / "stopped")]).code == 0
+    resumed = call_cli([*common, "--epochs", "2", "--resume", str(tmp_path / "stopped" / "checkpoint.npz")])
+    assert resumed.code == 0, resumed.err
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())["layer_stats"]
+    continued = json.loads((tmp_path / "stopped" / "metrics.json").read_text())["layer_stats"]
+    assert continued["steps"] == [0, 3, 6]
+    assert continued == straight
+
+
+def test_statistics_of_another_interval_are_not_continued():
+    stats = LayerStats(Tiny(), None, every=2)
+    earlier = {"every": 3, "steps": [0, 3], "layers": []}
+    assert not stats.continue_from(earlier, before_step=4) and not stats.continue_from(None, before_step=4)
+    assert stats.as_dict()["steps"] == []

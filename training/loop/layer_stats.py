@@ -46,6 +46,26 @@ class LayerStats:
         self._pending: list[tuple[int, object]] = []  # (step, row on the device) not read yet
         self._values: list = []  # this step's 0-d device arrays, in column order
         self._before: list = []  # this step's parameter values before the update
+        self._earlier: dict | None = None  # a resumed run's statistics from before the resume
+
+    def continue_from(self, saved, before_step: int) -> bool:
+        """Keep a resumed run's earlier statistics (metrics.json's ``layer_stats``), those of steps before
+        ``before_step``, so that the run's record stays whole. Statistics of another model or interval are
+        not continued (returns False): the record then starts at the resume."""
+        try:
+            layers = saved["layers"]
+            fits = (saved["every"] == self.every and [layer["name"] for layer in layers] == self.layer_names
+                    and [list(layer["parameters"]) for layer in layers] == self._parameter_names())
+            keep = sum(1 for step in saved["steps"] if step < before_step)
+        except (KeyError, TypeError):
+            fits = False
+        if fits:
+            self._earlier = _truncated(saved, keep)
+        return fits
+
+    def _parameter_names(self) -> list[list[str]]:
+        return [[name for (name, _), owner in zip(self.parameters, self.owners) if owner == index]
+                for index in range(len(self.layer_names))]
 
     def due(self, step: int) -> bool:
         """Whether ``step`` (0 for the first step of the run) is one to record."""
@@ -106,11 +126,10 @@ class LayerStats:
 
     def as_dict(self) -> dict:
         """The statistics as JSON: ``every``, ``steps``, and per layer its name ("0: Conv2D"), its repr
-        (``layer``), activation mean and std,
-        gradient norm and update-to-weight ratio (over its parameters; None for a layer without any),
-        and the same two per parameter, by name."""
-        table = np.array(self._host_rows, dtype=np.float64).reshape(len(self._host_rows), -1)
+        (``layer``), activation mean and std, gradient norm and update-to-weight ratio (over its
+        parameters; None for a layer without any), and the same two per parameter, by name."""
         layers_count, count = len(self.layer_names), len(self.parameters)
+        table = np.array(self._host_rows, dtype=np.float64).reshape(len(self._host_rows), 2 * layers_count + 3 * count)
         grad_sq = table[:, 2 * layers_count:2 * layers_count + count]
         change_sq = table[:, 2 * layers_count + count::2]
         weight_sq = table[:, 2 * layers_count + count + 1::2]
@@ -129,7 +148,33 @@ class LayerStats:
                         "update_ratio": _listed(_ratio(change_sq[:, k], weight_sq[:, k])),
                     }
             layers.append(entry)
-        return {"every": self.every, "steps": list(self.steps), "layers": layers}
+        document = {"every": self.every, "steps": list(self.steps), "layers": layers}
+        return document if self._earlier is None else _joined(self._earlier, document)
+
+
+SERIES = ("activation_mean", "activation_std", "grad_norm", "update_ratio")
+
+
+def _truncated(saved: dict, keep: int) -> dict:
+    """``saved`` with only its first ``keep`` records."""
+    def cut(entry: dict) -> dict:
+        return {key: value[:keep] if key in SERIES and value is not None else value for key, value in entry.items()}
+
+    return {"every": saved["every"], "steps": saved["steps"][:keep],
+            "layers": [dict(cut(layer), parameters={name: cut(series) for name, series in layer["parameters"].items()})
+                       for layer in saved["layers"]]}
+
+
+def _joined(earlier: dict, later: dict) -> dict:
+    """The records of ``earlier`` followed by those of ``later`` (the same layers and parameters)."""
+    def join(first: dict, second: dict) -> dict:
+        return {key: (first[key] or []) + (second[key] or []) if key in SERIES and second[key] is not None
+                else second[key] for key in second}
+
+    layers = [dict(join(old, new), parameters={name: join(old["parameters"][name], series)
+                                               for name, series in new["parameters"].items()})
+              for old, new in zip(earlier["layers"], later["layers"])]
+    return {"every": later["every"], "steps": earlier["steps"] + later["steps"], "layers": layers}
 
 
 def _ratio(change_sq: np.ndarray, weight_sq: np.ndarray) -> np.ndarray:

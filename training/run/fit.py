@@ -10,6 +10,7 @@ optimizer and schedule (prepare.py), then let the Trainer train, save and draw e
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +197,17 @@ def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: R
     trainer.history = history
     if checkpoint is not None:  # the schedule's position; checkpoints from before steps were saved: whole epochs
         trainer.step = int(checkpoint.meta.get("step", start_epoch * len(train_loader)))
+        if layer_stats is not None:  # the statistics recorded before the resume stay in metrics.json
+            layer_stats.continue_from(saved_layer_stats(folder.path / "metrics.json"), trainer.step)
     return trainer, interrupts.StopOnSignal(train_loader), interrupts.StopOnSignal(test_loader), start_epoch
+
+
+def saved_layer_stats(path: Path) -> dict | None:
+    """The ``layer_stats`` of a run's metrics.json, or None (none recorded, or no readable file)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("layer_stats")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def file_identity(path: Path):
