@@ -38,21 +38,16 @@ from pathlib import Path  # noqa: E402
 from training import interrupts  # noqa: E402
 from training.errors import XpnetError, settings_named  # noqa: E402
 from training.run import RunConfig, RunInterrupted, evaluate, predict, train  # noqa: E402
-from training.run.config import (EVALUATION_BATCH, MAX_SHIFT, MODELS, MOMENTUM, NON_NEGATIVE_FLOAT,  # noqa: E402
-                                 NON_NEGATIVE_INT, OPTIMIZERS, POSITIVE_FLOAT, POSITIVE_INT, PROBABILITY, COMMAND_SETTINGS)
+from training.run.config import COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT, RULES  # noqa: E402
 from training.run.prepare import check_environment  # noqa: E402
 from training.run.streams import readers_may_leave  # noqa: E402
-from training.schedules import SCHEDULES  # noqa: E402
-
-PURPOSES = {"evaluate": "only measures a checkpoint on a test set", "predict": "only classifies the images"}
-
 
 # -- the flags --------------------------------------------------------------------------------------
-def typed(rule):
-    """An argparse type: the number ``rule`` (training/run/config.py) reads from the text, else a usage error."""
+def typed(setting: str):
+    """An argparse type: the number that RunConfig's rule of ``setting`` reads from the text, else a usage error."""
     def parse(text: str):
         try:
-            return rule.parse(text)
+            return RULES[setting].parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -67,8 +62,8 @@ def path_argument(text: str) -> Path:
 
 
 def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
-    """The command line's parser. ``flags``, if given, receives each flag's argparse Action by
-    destination: its choices and type are what a setting saved in a checkpoint is checked with."""
+    """The command line's parser: a flag for each RunConfig field, checked by the field's rule.
+    ``flags``, if given, receives each flag's argparse Action by destination."""
     table = {} if flags is None else flags
     parser = argparse.ArgumentParser(
         prog="python cli.py",
@@ -77,38 +72,38 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
                "every completed epoch is kept); 1 --evaluate or --predict output cut short by a closed pipe.",
     )
     what = _flag_group(parser, "what to run", table)
-    what("--model", choices=list(MODELS), help=f"network (default {RunConfig.DEFAULTS['model']})")
+    what("--model", choices=RULES["model"].choices, help=f"network (default {RunConfig.DEFAULTS['model']})")
     what("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto (the default) = cuda when it works, else cpu")
-    what("--dtype", choices=["float32", "float64"], help="floating-point type of weights and batches (default float32)")
+    what("--dtype", choices=RULES["dtype"].choices, help="floating-point type of weights and batches (default float32)")
     what("--resume", metavar="CKPT", type=path_argument, help="continue a run from its checkpoint.npz up to --epochs in total")
     what("--evaluate", metavar="CKPT", type=path_argument, help="only evaluate a checkpoint on the test set")
     what("--predict", metavar="IMAGE", type=path_argument, nargs="+", help="print the top-3 classes of PNG/JPEG images")
     what("--checkpoint", metavar="CKPT", type=path_argument, help="the checkpoint --predict uses")
 
     optim = _flag_group(parser, "optimisation", table)
-    optim("--optimizer", choices=list(OPTIMIZERS), help=f"optimizer (default {RunConfig.DEFAULTS['optimizer']})")
-    optim("--lr", type=typed(POSITIVE_FLOAT), help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
-    optim("--momentum", type=typed(MOMENTUM), help=f"SGD momentum, in [0, 1) (default {RunConfig.DEFAULTS['momentum']})")
-    optim("--weight-decay", type=typed(NON_NEGATIVE_FLOAT), help="L2 penalty, or decoupled decay for adamw (default 0; 1e-2 for adamw)")
-    optim("--epochs", type=typed(POSITIVE_INT), help=f"total epochs, also when resuming (default {RunConfig.DEFAULTS['epochs']})")
-    optim("--batch-size", type=typed(POSITIVE_INT),
+    optim("--optimizer", choices=RULES["optimizer"].choices, help=f"optimizer (default {RunConfig.DEFAULTS['optimizer']})")
+    optim("--lr", type=typed("lr"), help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
+    optim("--momentum", type=typed("momentum"), help=f"SGD momentum, in [0, 1) (default {RunConfig.DEFAULTS['momentum']})")
+    optim("--weight-decay", type=typed("weight_decay"), help="L2 penalty, or decoupled decay for adamw (default 0; 1e-2 for adamw)")
+    optim("--epochs", type=typed("epochs"), help=f"total epochs, also when resuming (default {RunConfig.DEFAULTS['epochs']})")
+    optim("--batch-size", type=typed("batch_size"),
                        help=f"images per training step (default {RunConfig.DEFAULTS['batch_size']}; with --evaluate or --predict: images per forward pass, "
                             f"default {EVALUATION_BATCH})")
-    optim("--seed", type=typed(NON_NEGATIVE_INT), help="seed of the weights, the shuffling and the synthetic data (default 0)")
-    optim("--schedule", choices=SCHEDULES,
+    optim("--seed", type=typed("seed"), help="seed of the weights, the shuffling and the synthetic data (default 0)")
+    optim("--schedule", choices=RULES["schedule"].choices,
                        help="learning rate per batch: constant (the default), step (x0.1 at 50%% and 75%% of the steps), "
                             "cosine (to 0), onecycle (torch's OneCycleLR with max_lr = --lr)")
-    optim("--dropout", type=typed(PROBABILITY), help="dropout probability of the cnn (default 0.3)")
+    optim("--dropout", type=typed("dropout"), help="dropout probability of the cnn (default 0.3)")
     optim("--augment", action="store_true", default=None,
                        help=f"shift each training image by up to {MAX_SHIFT} pixels each way, at random (edges repeated)")
 
     data = _flag_group(parser, "data", table)
-    data("--dataset", choices=["synthetic", "svhn"], help="synthetic (the default: built in, no download) or svhn")
+    data("--dataset", choices=RULES["dataset"].choices, help="synthetic (the default: built in, no download) or svhn")
     data("--data-dir", type=path_argument, help=f"folder of the SVHN .mat files (default {RunConfig.DEFAULTS['data_dir']})")
     data("--download", action="store_true", help="download the SVHN files into --data-dir (checksums verified)")
     data("--extra", action="store_true", default=None, help="also train on SVHN's extra_32x32.mat (531k images)")
-    data("--train-size", type=typed(POSITIVE_INT), help=f"synthetic training images (default {RunConfig.DEFAULTS['train_size']})")
-    data("--test-size", type=typed(POSITIVE_INT), help=f"synthetic test images (default {RunConfig.DEFAULTS['test_size']})")
+    data("--train-size", type=typed("train_size"), help=f"synthetic training images (default {RunConfig.DEFAULTS['train_size']})")
+    data("--test-size", type=typed("test_size"), help=f"synthetic test images (default {RunConfig.DEFAULTS['test_size']})")
 
     output = _flag_group(parser, "output", table)
     output("--out", metavar="DIR", type=path_argument,
@@ -146,20 +141,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--predict needs --checkpoint CKPT (a best.npz or checkpoint.npz of a training run)")
     if args.checkpoint and not args.predict:
         parser.error("--checkpoint goes with --predict; to evaluate a checkpoint use --evaluate CKPT")
-    for command, purpose in PURPOSES.items():
+    for command, purpose in COMMAND_PURPOSES.items():
         if getattr(args, command):
-            ignored = [name for name in given_flags(flags, args) if name not in COMMAND_SETTINGS[command] and name != command]
+            given = [dest for dest, action in flags.items() if getattr(args, dest) != action.default]
+            ignored = [name for name in given if name not in COMMAND_SETTINGS[command] and name != command]
             if ignored:
                 parser.error(f"{flag_name(ignored[0])} does not apply to --{command}, which {purpose}; leave it out")
     return args
 
 
-def given_flags(flags: dict[str, argparse.Action], args: argparse.Namespace) -> list[str]:
-    """The destinations of the flags given on the command line (those that differ from their defaults)."""
-    return [dest for dest, action in flags.items() if getattr(args, dest) != action.default]
-
-
 def flag_name(dest: str) -> str:
+    """The flag of a setting, as messages name it here: lr -> --lr, batch_size -> --batch-size."""
     return "--" + dest.replace("_", "-")
 
 
@@ -177,7 +169,7 @@ def train_command(args: argparse.Namespace) -> int:
     except RunInterrupted as interrupt:
         report_interrupt(interrupt)
         return 130
-    best, final = result.history[result.best_epoch - result.history[0]["epoch"]], result.history[-1]
+    best, final = result.best, result.history[-1]
     print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
           f"files in {result.folder}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png"
           + (" layers.png" if args.layer_stats else ""))
@@ -247,23 +239,22 @@ def run(argv) -> tuple[int, str | None]:
         check_environment()
         with warnings_as_lines(), settings_named(flag_name):  # messages name settings by their flags
             return COMMANDS[command](args), command
-    except XpnetError as exc:
+    except (XpnetError, KeyboardInterrupt, MemoryError, OSError) as exc:
         interrupts.shutting_down()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2, command
-    except KeyboardInterrupt:
-        interrupts.shutting_down()
-        print("interrupted", file=sys.stderr)
-        return 130, command
-    except MemoryError:
-        interrupts.shutting_down()
-        print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
-        return 2, command
-    except OSError as exc:  # the system refused something no check above foresaw (a permission, a full disk)
-        interrupts.shutting_down()
-        where = f": {exc.filename}" if exc.filename else ""
-        print(f"error: {exc.strerror or exc}{where}; check that file's permissions and the free disk space", file=sys.stderr)
-        return 2, command
+        print(failure_line(exc), file=sys.stderr)
+        return (130 if isinstance(exc, KeyboardInterrupt) else 2), command
+
+
+def failure_line(exc: BaseException) -> str:
+    """The one line on stderr for what ended a command."""
+    if isinstance(exc, XpnetError):
+        return f"error: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, MemoryError):
+        return "error: out of memory; try a smaller --batch-size"
+    where = f": {exc.filename}" if exc.filename else ""  # an OSError no check foresaw (a permission, a full disk)
+    return f"error: {exc.strerror or exc}{where}; check that file's permissions and the free disk space"
 
 
 @contextmanager

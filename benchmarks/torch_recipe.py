@@ -5,8 +5,8 @@
 Trains the torch twin of ``build_model("cnn")`` (benchmarks/torch_models.py) as
 ``python cli.py --dataset svhn --model cnn --augment --schedule onecycle --lr 3e-3
 --batch-size 64`` does: the same normalisation (channel_stats of the training set), the
-same shuffling and random shifts (xpnet's DataLoader and RandomShift on the cpu backend
-make the batches), Adam, torch's OneCycleLR stepped per batch, torch's default init drawn
+same shuffling and random shifts (the run API's loaders, training/run/prepare.py, on the
+cpu backend make the batches), Adam, torch's OneCycleLR stepped per batch, torch's default init drawn
 by torch.manual_seed(seed). Prints the test accuracy after every epoch. Needs torch.
 """
 from __future__ import annotations
@@ -35,18 +35,20 @@ def main(argv=None) -> int:
 
     import torch
 
+    from backends import get_backend
     from benchmarks.torch_models import build_torch_model
-    from training.data.augment import RandomShift
-    from training.data import DataLoader, channel_stats, load_svhn
+    from training.run import RunConfig
+    from training.run.prepare import load_training_data, make_loaders, normalisation_of
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    train, test = load_svhn(args.data_dir)
-    mean, std = channel_stats(train.images)
-    train_loader = DataLoader(train.images, train.labels, args.batch_size, "cpu", mean, std, seed=args.seed,
-                              augment=RandomShift(3, seed=args.seed))
-    test_loader = DataLoader(test.images, test.labels, 500, "cpu", mean, std, shuffle=False)
+    # The data exactly as `python cli.py` makes it: the run API's own steps (training/run/prepare.py).
+    config = RunConfig(model="cnn", dataset="svhn", data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed,
+                       augment=True, schedule="onecycle", lr=args.lr, epochs=args.epochs, device="cpu").resolved()
+    train, test = load_training_data(config, config, print)
+    mean, std = normalisation_of(train, None)
+    train_loader, test_loader = make_loaders(config, train, test, get_backend("cpu"), mean, std)
     model = build_torch_model("cnn")
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * len(train_loader))

@@ -72,7 +72,7 @@ def test_images_too_small_to_shift_are_a_data_error(rng, shape):
     from training.data import DataLoader
 
     images = rng.integers(0, 256, shape, dtype=np.uint8)
-    with pytest.raises(DataError, match=r"--augment shifts images by up to 3 pixels, which needs images \(C, H, W\) of "
+    with pytest.raises(DataError, match=r"'augment' shifts images by up to 3 pixels, which needs images \(C, H, W\) of "
                                         r"at least 7x7 pixels; these are"):
         DataLoader(images, np.zeros(4, dtype=np.int64), 2, "cpu", [0.5] * 3, [0.2] * 3, augment=RandomShift(3))
 

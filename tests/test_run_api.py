@@ -35,6 +35,7 @@ def test_defaults_fill_what_was_not_chosen():
     assert (config.lr, config.momentum, config.weight_decay, config.epochs, config.batch_size) == (0.05, 0.9, 0.0, 3, 64)
     assert RunConfig(optimizer="adamw").resolved().weight_decay == 1e-2
     assert RunConfig(epochs=3).chosen() == ["epochs"]
+    assert RunConfig(epochs=3.0, lr=1).epochs == 3 and type(RunConfig(epochs=3.0).epochs) is int
 
 
 @pytest.mark.parametrize("name, value, problem", [
@@ -133,3 +134,11 @@ def test_evaluate_and_predict_refuse_settings_they_would_ignore(trained):
         predict(trained.folder / "best.npz", np.zeros((1, 32, 32, 3), np.uint8), lr=0.1)
     with pytest.raises(XpnetError, match=r"uint8 array \(N, 32, 32, 3\)"):
         predict(trained.folder / "best.npz", np.zeros((1, 28, 28), np.uint8), quiet=True)
+
+
+def test_evaluate_on_the_strict_backend_agrees_with_the_cpu(trained):
+    """The notebook's "same model on another backend": array-api-strict, which stands for CuPy."""
+    strict = evaluate(trained.folder / "best.npz", device="strict", quiet=True)
+    cpu = evaluate(trained.folder / "best.npz", device="cpu", quiet=True)
+    np.testing.assert_array_equal(strict.predictions, cpu.predictions)
+    assert strict.loss == pytest.approx(cpu.loss, rel=1e-5)

@@ -65,14 +65,14 @@ def test_load_svhn_reads_train_and_test_and_appends_extra(tmp_path):
 def test_missing_folder_suggests_download_or_synthetic(tmp_path):
     with pytest.raises(DataError, match="does not exist") as info:
         load_svhn(tmp_path / "nowhere")
-    assert "--download" in str(info.value) and "--dataset synthetic" in str(info.value)
+    assert "'download'" in str(info.value) and "'dataset' synthetic" in str(info.value)
 
 
 def test_missing_file_is_named(tmp_path):
     write_svhn_mat(tmp_path / "train_32x32.mat", *random_set(2))
     with pytest.raises(DataError, match="test_32x32.mat") as info:
         load_svhn(tmp_path)
-    assert "--download" in str(info.value)
+    assert "'download'" in str(info.value)
     write_svhn_mat(tmp_path / "test_32x32.mat", *random_set(2))
     with pytest.raises(DataError, match="extra_32x32.mat"):
         load_svhn(tmp_path, extra=True)

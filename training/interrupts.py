@@ -62,10 +62,12 @@ def shutting_down() -> None:
     """From now on only record signals: the program is already on its way out.
 
     Used while it reports an interrupt and cleans up (releases its lock, removes an empty
-    folder), so that a second Ctrl-C cannot cut that short.
+    folder), so that a second Ctrl-C cannot cut that short. Without :func:`catch_signals` (a
+    library user's own program, a notebook) it does nothing.
     """
     global _defer_depth
-    _defer_depth += 1
+    if _installed:
+        _defer_depth += 1
 
 
 def restore_signals() -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from backends.random import derive_key, device_random
 
-from ..errors import DataError
+from ..errors import DataError, setting
 
 AUGMENT_STREAM = 0x5A1F7  # tells the shift draws apart from other draws made with the same seed
 
@@ -55,8 +55,8 @@ class RandomShift:
         smallest = 2 * self.max_shift + 1
         if len(image_shape) != 3 or image_shape[1] < smallest or image_shape[2] < smallest:
             raise DataError(
-                f"--augment shifts images by up to {self.max_shift} pixels, which needs images (C, H, W) of at least "
-                f"{smallest}x{smallest} pixels; these are {tuple(image_shape)}: train without --augment"
+                f"{setting('augment')} shifts images by up to {self.max_shift} pixels, which needs images (C, H, W) of at "
+                f"least {smallest}x{smallest} pixels; these are {tuple(image_shape)}: train without {setting('augment')}"
             )
 
     def _table(self, backend, shape):

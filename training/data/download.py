@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
-from ..errors import DownloadError
+from ..errors import DownloadError, setting
 
 SVHN_BASE_URL = "http://ufldl.stanford.edu/housenumbers/"
 
@@ -72,7 +72,7 @@ def download_svhn(
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DownloadError(f"cannot create the data folder {data_dir} ({exc}); choose another with --data-dir") from exc
+        raise DownloadError(f"cannot create the data folder {data_dir} ({exc}); choose another with {setting('data_dir')}") from exc
     paths = []
     for split in splits:
         remote = checksums[split]
@@ -101,7 +101,7 @@ def _check_present(path: Path, remote: RemoteFile) -> None:
     problem = f"its size is {size:,} bytes, expected {remote.size:,}" if size != remote.size else "its SHA-256 does not match"
     raise DownloadError(
         f"{path} exists but is not the official file ({problem}); it may be your own data, so xpnet leaves it alone: "
-        f"move or rename it (or choose another --data-dir) and run again with --download"
+        f"move or rename it (or choose another {setting('data_dir')}) and run again with {setting('download')}"
     )
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import DataError, setting
 from .imageset import ImageSet, describe
 from .matlab import check_mat_v5, is_hdf5
 
@@ -34,11 +34,23 @@ SVHN_SPLIT_FILES = {
     "extra": "extra_32x32.mat",
 }
 
-_FIX_HINT = "run with --download to fetch the official files, or use --dataset synthetic to train on the built-in set"
-_OFFICIAL_HINT = ("point --data-dir at a folder with the official train_32x32.mat and test_32x32.mat, "
-                  "or --download them into a folder of their own")
-_REFETCH = "if it is a downloaded SVHN file, delete it and run with --download to fetch it again"
-_EXPECTED = f"SVHN cropped-digit files hold X (32, 32, 3, N) uint8 and y (N, 1) labels 1..10: {_OFFICIAL_HINT}"
+# What to do, in the words of the reader (setting(): 'download' from Python, --download from the command line).
+def _fix_hint() -> str:
+    return (f"run with {setting('download')} to fetch the official files, or use {setting('dataset')} synthetic to "
+            f"train on the built-in set")
+
+
+def _official_hint() -> str:
+    return (f"point {setting('data_dir')} at a folder with the official train_32x32.mat and test_32x32.mat, "
+            f"or {setting('download')} them into a folder of their own")
+
+
+def _refetch() -> str:
+    return f"if it is a downloaded SVHN file, delete it and run with {setting('download')} to fetch it again"
+
+
+def _expected() -> str:
+    return f"SVHN cropped-digit files hold X (32, 32, 3, N) uint8 and y (N, 1) labels 1..10: {_official_hint()}"
 
 
 # ---------------------------------------------------------------------------- reading
@@ -57,11 +69,11 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if path.is_dir():
         raise DataError(f"{path} is a folder, not an SVHN .mat file")
     if not path.is_file():
-        raise DataError(f"SVHN file {path} not found; {_FIX_HINT}")
+        raise DataError(f"SVHN file {path} not found; {_fix_hint()}")
     try:
         stream = open(path, "rb")
     except OSError as exc:  # no read permission, an I/O error: the file itself may be fine
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}; make it readable, or point --data-dir elsewhere") from exc
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}; make it readable, or point {setting('data_dir')} elsewhere") from exc
     with stream:
         contents = _load_x_and_y(path, stream)
     images = _images_from_mat(path, contents["X"])
@@ -69,7 +81,7 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if len(images) != len(labels):
         raise DataError(
             f"{path} holds {len(images)} images but {len(labels)} labels, so it is not an SVHN file (the official "
-            f"files hold one label per image): {_OFFICIAL_HINT}"
+            f"files hold one label per image): {_official_hint()}"
         )
     return images, labels
 
@@ -82,7 +94,7 @@ def _load_x_and_y(path: Path, stream) -> dict:
         if is_hdf5(stream):
             raise DataError(_hdf5_message(path))
         # scipy's reader can crash the interpreter on a corrupt file
-        names = check_mat_v5(path, stream, read=("X", "y"), if_corrupt=_REFETCH, if_not_numbers=_EXPECTED)
+        names = check_mat_v5(path, stream, read=("X", "y"), if_corrupt=_refetch(), if_not_numbers=_expected())
         stream.seek(0)
         contents = scipy.io.loadmat(stream, variable_names=["X", "y"])
     except NotImplementedError:  # scipy's answer to MATLAB v7.3 (HDF5) files
@@ -101,7 +113,7 @@ def _load_x_and_y(path: Path, stream) -> dict:
             stream.seek(0)
             names = [entry[0] for entry in scipy.io.whosmat(stream)]
         raise DataError(
-            f"{path} has no variable {' or '.join(missing)} (found: {', '.join(names) or 'none'}); {_EXPECTED}"
+            f"{path} has no variable {' or '.join(missing)} (found: {', '.join(names) or 'none'}); {_expected()}"
         )
     return contents
 
@@ -109,7 +121,7 @@ def _load_x_and_y(path: Path, stream) -> dict:
 def _unparsable(path: Path, exc: Exception) -> DataError:
     return DataError(
         f"{path} could not be read as a MATLAB .mat file ({type(exc).__name__}: {exc}); "
-        f"it is probably truncated or corrupt: {_REFETCH}"
+        f"it is probably truncated or corrupt: {_refetch()}"
     )
 
 
@@ -117,7 +129,7 @@ def _hdf5_message(path: Path) -> str:
     return (
         f"{path} is a MATLAB v7.3 (HDF5) file, such as SVHN's format-1 digitStruct.mat; "
         f"xpnet needs the format-2 cropped-digit files train_32x32.mat and test_32x32.mat "
-        f"(*_32x32.mat): {_FIX_HINT}"
+        f"(*_32x32.mat): {_fix_hint()}"
     )
 
 
@@ -183,7 +195,7 @@ def load_svhn_split(data_dir: str | os.PathLike, split: str) -> ImageSet:
     path = data_dir / SVHN_SPLIT_FILES[split]
     images, labels = read_svhn_mat(path)
     if len(images) == 0 and split != "extra":
-        raise DataError(f"{path} holds no images (X has shape (32, 32, 3, 0)); xpnet needs at least one: {_OFFICIAL_HINT}")
+        raise DataError(f"{path} holds no images (X has shape (32, 32, 3, 0)); xpnet needs at least one: {_official_hint()}")
     return ImageSet(images, labels, f"svhn-{split}")
 
 
@@ -192,10 +204,10 @@ def check_svhn_folder(data_dir: str | os.PathLike, splits) -> Path:
     data_dir = Path(data_dir).expanduser()
     files = [SVHN_SPLIT_FILES[split] for split in splits]
     if data_dir.exists() and not data_dir.is_dir():
-        raise DataError(f"{data_dir} is a file, not a folder; --data-dir names the folder that holds {' and '.join(files)}")
+        raise DataError(f"{data_dir} is a file, not a folder; {setting('data_dir')} names the folder that holds {' and '.join(files)}")
     if not data_dir.is_dir():
-        raise DataError(f"SVHN folder {data_dir} does not exist; it should hold {' and '.join(files)}: {_FIX_HINT}")
+        raise DataError(f"SVHN folder {data_dir} does not exist; it should hold {' and '.join(files)}: {_fix_hint()}")
     missing = [name for name in files if not (data_dir / name).is_file()]
     if missing:
-        raise DataError(f"SVHN file(s) {', '.join(missing)} not found in {data_dir}; {_FIX_HINT}")
+        raise DataError(f"SVHN file(s) {', '.join(missing)} not found in {data_dir}; {_fix_hint()}")
     return data_dir

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..saving.checkpoint import load_checkpoint
 from ..errors import CheckpointError, XpnetError, setting
-from .config import (COMMAND_SETTINGS, EVALUATION_SETTINGS, MODELS, PREDICTION_SETTINGS, RESUMED_SETTINGS, SVHN_ONLY, SYNTHETIC_ONLY,
-                     RunConfig, check_saved_setting)
+from .config import (COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_SETTINGS, MODELS, PREDICTION_SETTINGS,
+                     RESUMED_SETTINGS, SVHN_ONLY, SYNTHETIC_ONLY, RunConfig, check_saved_setting)
 
 USED_SETTINGS = {"resume": RESUMED_SETTINGS, "evaluate": EVALUATION_SETTINGS, "predict": PREDICTION_SETTINGS}
 
@@ -87,8 +87,8 @@ def check_training_settings(chosen: RunConfig, config: RunConfig) -> None:
                          f"weights would flip sign and grow): choose a smaller {setting('weight_decay')}")
 
 
-def check_command_settings(config: RunConfig, command: str, purpose: str) -> None:
+def check_command_settings(config: RunConfig, command: str) -> None:
     """Evaluating or predicting honours only its COMMAND_SETTINGS; another one chosen is an error, never ignored."""
     ignored = [name for name in config.chosen() if name not in COMMAND_SETTINGS[command]]
     if ignored:
-        raise XpnetError(f"{setting(ignored[0])} does not apply to {command}, which {purpose}; leave it out")
+        raise XpnetError(f"{setting(ignored[0])} does not apply to {command}, which {COMMAND_PURPOSES[command]}; leave it out")

@@ -39,6 +39,7 @@ COMMAND_SETTINGS = {
     "evaluate": ("device", "dtype", "model", "batch_size", "dataset", "data_dir", "download", "test_size", "seed", "quiet"),
     "predict": ("checkpoint", "device", "dtype", "model", "batch_size", "quiet"),
 }
+COMMAND_PURPOSES = {"evaluate": "only measures a checkpoint on a test set", "predict": "only classifies the images"}
 SYNTHETIC_ONLY = ("train_size", "test_size")
 SVHN_ONLY = ("data_dir", "download", "extra")
 
@@ -170,6 +171,8 @@ class RunConfig:
             problem = None if value is None else rule.problem(value)
             if problem:
                 raise SettingError(f"{setting(name)} = {value!r}: {problem}")
+            if value is not None and rule.kind is not None:  # 3.0 epochs is 3: a whole number where one is counted
+                setattr(self, name, rule.parse(str(value)))
         options = {"device": Rule(choices=DEVICES), "out": FOLDER, "resume": FOLDER,
                    "overwrite": FLAG, "download": FLAG, "quiet": FLAG, "layer_stats": NON_NEGATIVE_INT}
         for name, rule in options.items():

@@ -18,17 +18,15 @@ from pathlib import Path
 from models import build_model
 
 from .. import interrupts
-from ..data import DataLoader
-from ..data.augment import RandomShift
 from ..errors import CheckpointError, XpnetError, setting
 from ..loop.layer_stats import LayerStats
 from ..loop.trainer import Evaluation, Trainer
 from ..saving.checkpoint import read_header
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
-from .config import EVALUATION_BATCH, MAX_SHIFT, RESUMED_SETTINGS, RunConfig
+from .config import RESUMED_SETTINGS, RunConfig
 from .folder import FolderInUseError, RunFolder, check_new_run, check_resume_target, claim
-from .prepare import (choose_backend, load_training_data, make_optimizer, model_options, normalisation_of, np_quiet,
-                      out_of_memory_advice, planned_schedule)
+from .prepare import (choose_backend, load_training_data, logger, make_loaders, make_optimizer, model_options,
+                      normalisation_of, np_quiet, out_of_memory_advice, planned_schedule)
 
 
 @dataclass
@@ -48,6 +46,11 @@ class RunResult:
     best_epoch: int
     evaluation: Evaluation
     config: RunConfig
+
+    @property
+    def best(self) -> dict:
+        """The history's row of the best epoch."""
+        return next(row for row in self.history if row["epoch"] == self.best_epoch)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -76,8 +79,8 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     ``log`` receives each progress line (default: print them, unless ``config.quiet``).
     Raises XpnetError (one clear message) for a mistake, RunInterrupted on Ctrl-C.
     """
-    log = _logger(config, log)
-    chosen = config
+    log = logger(config, log)
+    chosen = config  # the settings as given; ``config`` from here on: filled in from the checkpoint, then the defaults
     checkpoint = checked_checkpoint(chosen.resume, "resume", chosen) if chosen.resume is not None else None
     config = chosen.resolved(checkpoint, used=RESUMED_SETTINGS)
     check_data_settings(chosen, config, "resume" if checkpoint else "train", checkpoint)
@@ -98,7 +101,7 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        interrupts.shutting_down()  # a program that catches signals is on its way out: a second Ctrl-C cannot cut this short
+        interrupts.shutting_down()  # under cli.py's signal handling: a second Ctrl-C cannot cut this short
         saved_epoch = None
         if folder is not None:
             try:
@@ -112,12 +115,6 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     best = max(trainer.history, key=lambda row: row["test_acc"])
     return RunResult(history=trainer.history, model=trainer.model, backend=trainer.backend, folder=folder.path,
                      best_epoch=best["epoch"], evaluation=trainer.last_evaluation, config=config)
-
-
-def _logger(config: RunConfig, log):
-    if config.quiet:
-        return lambda message: None
-    return log if log is not None else (lambda message: print(message, flush=True))
 
 
 def claim_output_folder(chosen: RunConfig, config: RunConfig, checkpoint) -> tuple[RunFolder, list[str]]:
@@ -176,13 +173,8 @@ def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: R
                              f"change when resuming (its buffers depend on it): leave out {setting('momentum')}")
         start_epoch, history = checkpoint.epoch, list(checkpoint.history)
 
-    loader_options = dict(backend=backend, mean=mean, std=std, dtype=config.dtype)
-    augment = RandomShift(MAX_SHIFT, seed=config.seed) if config.augment else None
-    train_loader = DataLoader(train_set.images, train_set.labels, config.batch_size, shuffle=True, seed=config.seed,
-                              augment=augment, **loader_options)
+    train_loader, test_loader = make_loaders(config, train_set, test_set, backend, mean, std)
     schedule = planned_schedule(config, len(train_loader), checkpoint, log)
-    test_loader = DataLoader(test_set.images, test_set.labels, max(config.batch_size, EVALUATION_BATCH), shuffle=False,
-                             **loader_options)
     log(model.summary(config.batch_size))
     what = f"resuming at epoch {start_epoch + 1}" if checkpoint else "training"
     log(f"{what}: {config.model} on {backend.name} ({config.dtype}), {optimizer!r}, batch {config.batch_size}, "

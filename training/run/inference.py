@@ -28,8 +28,7 @@ from ..loop.metrics import per_class_accuracy
 from ..loop.trainer import Evaluation, evaluate as evaluate_model
 from .checks import check_command_settings, check_data_settings, checked_checkpoint
 from .config import EVALUATION_BATCH, EVALUATION_SETTINGS, PREDICTION_SETTINGS, RunConfig
-from .fit import _logger
-from .prepare import choose_backend, load_test_data, np_quiet, out_of_memory_advice
+from .prepare import choose_backend, load_test_data, logger, np_quiet, out_of_memory_advice
 
 
 @dataclass
@@ -55,8 +54,8 @@ def evaluate(checkpoint, config: RunConfig | None = None, *, log=None, **options
     ``config`` (or ``options``, RunConfig's fields) chooses another. ``batch_size`` here is
     images per forward pass (default EVALUATION_BATCH).
     """
-    chosen = _chosen(config, options, "evaluate", "only measures a checkpoint on a test set")
-    log = _logger(chosen, log)
+    chosen = _chosen(config, options, "evaluate")
+    log = logger(chosen, log)
     checkpoint = checked_checkpoint(Path(checkpoint).expanduser(), "evaluate", chosen)
     config = chosen.resolved(checkpoint, used=EVALUATION_SETTINGS)
     check_data_settings(chosen, config, "evaluate", checkpoint)
@@ -83,8 +82,8 @@ def evaluate(checkpoint, config: RunConfig | None = None, *, log=None, **options
 def predict(checkpoint, images, config: RunConfig | None = None, *, log=None, **options) -> Prediction:
     """The network's class probabilities for ``images``: uint8 arrays (N, 32, 32, 3) or (N, 3, 32, 32),
     or a list of image files (PNG, JPEG, ...; each read as 32×32 RGB)."""
-    chosen = _chosen(config, options, "predict", "only classifies the images")
-    log = _logger(chosen, log)
+    chosen = _chosen(config, options, "predict")
+    log = logger(chosen, log)
     checkpoint = checked_checkpoint(Path(checkpoint).expanduser(), "predict", chosen)
     config = chosen.resolved(checkpoint, used=PREDICTION_SETTINGS)
     mean, std = checkpoint.normalisation()
@@ -102,9 +101,10 @@ def predict(checkpoint, images, config: RunConfig | None = None, *, log=None, **
     return Prediction(probabilities)
 
 
-def _chosen(config: RunConfig | None, options: dict, command: str, purpose: str) -> RunConfig:
+def _chosen(config: RunConfig | None, options: dict, command: str) -> RunConfig:
+    """The settings ``command`` is given: ``config``'s, changed by ``options``; only those it honours."""
     chosen = RunConfig(**options) if config is None else RunConfig(**{**vars(config), **options})
-    check_command_settings(chosen, command, purpose)
+    check_command_settings(chosen, command)
     return chosen
 
 

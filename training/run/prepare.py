@@ -15,15 +15,22 @@ from backends import BackendUnavailableError, get_backend
 from models import MODELS
 
 from .. import interrupts
-from ..data import channel_stats, load_svhn, load_svhn_split
-from ..data import download
+from ..data import DataLoader, channel_stats, download, load_svhn, load_svhn_split
+from ..data.augment import RandomShift
 from ..data.synthetic import make_synthetic, make_synthetic_test
 from ..errors import XpnetError, setting
 from ..optim import SGD, Adam, AdamW
 from ..schedules import make_schedule
-from .config import RunConfig
+from .config import EVALUATION_BATCH, MAX_SHIFT, RunConfig
 
 BYTES_PER_IMAGE = 3 * 32 * 32
+
+
+def logger(config: RunConfig, log=None):
+    """Where progress lines go: ``log`` (default print), or nowhere with ``config.quiet``."""
+    if config.quiet:
+        return lambda message: None
+    return log if log is not None else (lambda message: print(message, flush=True))
 
 
 # -- the device -------------------------------------------------------------------------------------
@@ -162,6 +169,19 @@ def normalisation_of(train_set, checkpoint):
         raise XpnetError(f"every training image of {train_set.name} has the same value in colour channel {channel} "
                          f"({round(255 * mean[channel])} of 255), so the inputs cannot be normalised: check the data files")
     return mean, std
+
+
+def make_loaders(config: RunConfig, train_set, test_set, backend, mean, std) -> tuple[DataLoader, DataLoader]:
+    """``(train_loader, test_loader)``: shuffled (and with ``augment`` randomly shifted) training batches
+    of ``batch_size``, and the test set in order, in batches of at least EVALUATION_BATCH; both
+    normalised with the training set's ``mean`` and ``std``."""
+    options = dict(backend=backend, mean=mean, std=std, dtype=config.dtype)
+    augment = RandomShift(MAX_SHIFT, seed=config.seed) if config.augment else None
+    train_loader = DataLoader(train_set.images, train_set.labels, config.batch_size, shuffle=True, seed=config.seed,
+                              augment=augment, **options)
+    test_loader = DataLoader(test_set.images, test_set.labels, max(config.batch_size, EVALUATION_BATCH), shuffle=False,
+                             **options)
+    return train_loader, test_loader
 
 
 # -- the model, the optimizer and the schedule ------------------------------------------------------
