@@ -38,16 +38,20 @@ from pathlib import Path  # noqa: E402
 from training import interrupts  # noqa: E402
 from training.errors import XpnetError, settings_named  # noqa: E402
 from training.run import RunConfig, RunInterrupted, evaluate, predict, train  # noqa: E402
-from training.run.config import COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT, RULES  # noqa: E402
+from training.run.config import (COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT,  # noqa: E402
+                                 NON_NEGATIVE_INT, RULES)
 from training.run.prepare import check_environment  # noqa: E402
 from training.run.streams import readers_may_leave  # noqa: E402
 
 # -- the flags --------------------------------------------------------------------------------------
-def typed(setting: str):
-    """An argparse type: the number that RunConfig's rule of ``setting`` reads from the text, else a usage error."""
+def typed(setting):
+    """An argparse type: the number that RunConfig's rule of ``setting`` (a name, or a run option's Rule)
+    reads from the text, else a usage error."""
+    rule = RULES[setting] if isinstance(setting, str) else setting
+
     def parse(text: str):
         try:
-            return RULES[setting].parse(text)
+            return rule.parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
