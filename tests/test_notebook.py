@@ -23,6 +23,7 @@ def test_the_committed_notebook_shows_its_outputs():
     cells = code_cells(notebook)
     assert len(cells) >= 8
     assert [cell.execution_count for cell in cells] == list(range(1, len(cells) + 1)), "not run top to bottom"
+    assert not any("execution" in cell.metadata for cell in cells), "saved with timings: see docs/testing.md"
     outputs = [output for cell in cells for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
     assert sum("image/png" in output.get("data", {}) for output in outputs) >= 4  # curves, mistakes, filters, layers
