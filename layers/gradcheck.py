@@ -102,6 +102,8 @@ def gradcheck(layer: Layer, x, backend="cpu", seed: int = 0, *, training: bool =
 
     The layer is moved to ``backend`` in float64 for the check and then back, with its
     parameters, buffers (BatchNorm's running statistics), state and mode as they were.
+    (Moving re-makes the parameters' storage: check a layer before giving its parameters to
+    an optimizer, as you would call ``to`` first.)
     A wrong gradient never raises: it makes ``report.ok`` False and its row say FAIL.
     Only misuse raises (a non-layer, a non-NumPy input, ...), with a message.
     """

@@ -61,6 +61,10 @@ class Trainer:
     continues the schedule where it was). A training loss that explodes but stays finite
     gets one warning through ``warn`` (stderr by default).
 
+    ``layer_stats`` (loop/layer_stats.py), if given, records each layer's activations, gradient
+    norms and update ratios every few steps, on the device, read once per epoch; they go into
+    metrics.json and ``layers.png``.
+
     ``progress``: a progress bar per epoch, drawn only in a terminal or a notebook (not into
     a file or a CI log, where ``log``'s one line per epoch says enough).
 
