@@ -38,16 +38,20 @@ from pathlib import Path  # noqa: E402
 from training import interrupts  # noqa: E402
 from training.errors import XpnetError, settings_named  # noqa: E402
 from training.run import RunConfig, RunInterrupted, evaluate, predict, train  # noqa: E402
-from training.run.config import COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT, RULES  # noqa: E402
+from training.run.config import (COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT,  # noqa: E402
+                                 NON_NEGATIVE_INT, RULES)
 from training.run.prepare import check_environment  # noqa: E402
 from training.run.streams import readers_may_leave  # noqa: E402
 
 # -- the flags --------------------------------------------------------------------------------------
-def typed(setting: str):
-    """An argparse type: the number that RunConfig's rule of ``setting`` reads from the text, else a usage error."""
+def typed(setting):
+    """An argparse type: the number that RunConfig's rule of ``setting`` (a name, or a run option's Rule)
+    reads from the text, else a usage error."""
+    rule = RULES[setting] if isinstance(setting, str) else setting
+
     def parse(text: str):
         try:
-            return RULES[setting].parse(text)
+            return rule.parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -111,6 +115,9 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
     output("--overwrite", action="store_true",
                         help="replace the run already in --out (without it, a folder that holds another run is refused)")
     output("--quiet", action="store_true", help="no progress bar, no per-epoch lines or notes; only the final result (and errors)")
+    output("--layer-stats", metavar="N", type=typed(NON_NEGATIVE_INT), default=0,
+           help="every N training steps, record each layer's activation mean and std, gradient norm and "
+                "update/weight ratio, into metrics.json (layer_stats) and layers.png (default 0: off)")
     return parser
 
 
@@ -168,7 +175,8 @@ def train_command(args: argparse.Namespace) -> int:
         return 130
     best, final = result.best, result.history[-1]
     print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
-          f"files in {result.folder}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png")
+          f"files in {result.folder}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png"
+          + (" layers.png" if args.layer_stats else ""))
     return 0
 
 

@@ -8,6 +8,7 @@ from .base import Layer, Sequential
 from .batchnorm import BatchNorm1D, BatchNorm2D
 from .conv import Conv2D
 from .dropout import Dropout
+from .gradcheck import gradcheck
 from .linear import Linear
 from .loss import CrossEntropyLoss
 from .parameter import Parameter
@@ -27,4 +28,5 @@ __all__ = [
     "ReLU",
     "Sequential",
     "Softmax",
+    "gradcheck",
 ]

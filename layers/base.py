@@ -48,11 +48,18 @@ class Layer:
 
     # -- parameters and placement -------------------------------------------------------
     def named_parameters(self, prefix: str = "") -> list[tuple[str, Parameter]]:
-        """(name, Parameter) pairs, in a stable order: weight before bias, first layer first."""
-        found = []
-        for attribute in ("weight", "bias"):
-            value = getattr(self, attribute, None)
-            if isinstance(value, Parameter):
+        """(name, Parameter) of every Parameter attribute, in the order the layer assigned them.
+
+        As in torch.nn.Module, a parameter is found wherever the layer keeps it, whatever
+        its name: a learner's ``self.alpha = Parameter(...)`` is trained, saved and checked
+        like Linear's ``weight`` and ``bias`` (assigned in that order, so weight comes
+        first). An attribute set to None (``bias=False``) is no parameter; one Parameter
+        held under two names is listed once, under the first.
+        """
+        found, seen = [], set()
+        for attribute, value in vars(self).items():  # a dict keeps assignment order
+            if isinstance(value, Parameter) and id(value) not in seen:
+                seen.add(id(value))
                 found.append((prefix + attribute, value))
         return found
 

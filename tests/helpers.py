@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 import cli
 from backends import BackendUnavailableError, get_backend
-
+from layers import gradcheck
+from layers.gradcheck import STEP, central_differences
+from layers.gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
 
 # -- backends and tolerances -----------------------------------------------------------------------
 ALL_BACKENDS = ("cpu", "strict", "cuda")
@@ -50,24 +52,14 @@ def assert_close(actual, expected, dtype: str, what: str = "") -> None:
     assert error <= TOLERANCE[dtype], f"{what}: relative error {error:.3g} > {TOLERANCE[dtype]} ({dtype})"
 
 
-# -- finite differences, in float64 ----------------------------------------------------------------
-def numerical_gradient(f, array: np.ndarray, step: float = 1e-6, indices=None) -> np.ndarray:
+# -- finite differences, in float64: the public layers.gradcheck is the one implementation ---------
+def numerical_gradient(f, array: np.ndarray, step: float = STEP, indices=None) -> np.ndarray:
     """df/darray by central differences, at every element or only at ``indices`` (flat).
 
     ``f()`` reads ``array`` (which is modified in place and restored) and returns a float.
     Entries not in ``indices`` are left as NaN.
     """
-    flat = array.reshape(-1)
-    grad = np.full(flat.shape, np.nan)
-    for index in range(flat.size) if indices is None else indices:
-        original = flat[index]
-        flat[index] = original + step
-        plus = f()
-        flat[index] = original - step
-        minus = f()
-        flat[index] = original
-        grad[index] = (plus - minus) / (2 * step)
-    return grad.reshape(array.shape)
+    return central_differences(f, array, step, indices).reshape(array.shape)
 
 
 def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
@@ -78,36 +70,14 @@ def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
     return float(np.linalg.norm(a - n) / scale)
 
 
-MAX_RELATIVE_ERROR = 1e-7  # what a float64 backward must reach against the finite differences
+MAX_RELATIVE_ERROR = GRADCHECK_TOLERANCE  # what a float64 backward must reach against the finite differences
 
 
 def check_layer(layer, x_host, backend, rng, parameter_indices=None, input_grad=True):
-    """Compare dx and every parameter gradient with finite differences of sum(y · R)."""
-    layer.to(backend, "float64")
-    y_shape = backend.to_numpy(layer.forward(backend.asarray(x_host))).shape
-    weights = rng.standard_normal(y_shape)
-    host_params = [backend.to_numpy(p.data).astype(np.float64) for p in layer.parameters()]
-
-    def objective() -> float:
-        for parameter, host in zip(layer.parameters(), host_params):
-            parameter.data = backend.asarray(host)
-        y = backend.to_numpy(layer.forward(backend.asarray(x_host)))
-        return float(np.sum(y * weights))
-
-    objective()
-    dx = layer.backward(backend.asarray(weights))
-    analytic_params = [backend.to_numpy(p.grad) for p in layer.parameters()]
-    if input_grad:
-        numeric = numerical_gradient(objective, x_host)
-        error = relative_error(backend.to_numpy(dx), numeric)
-        assert error < MAX_RELATIVE_ERROR, f"{layer!r} dx: relative error {error:.2e}"
-    for parameter, host, analytic in zip(layer.parameters(), host_params, analytic_params):
-        indices = None
-        if parameter_indices is not None and host.size > parameter_indices:
-            indices = rng.choice(host.size, parameter_indices, replace=False)
-        numeric = numerical_gradient(objective, host, indices=indices)
-        error = relative_error(analytic, numeric)
-        assert error < MAX_RELATIVE_ERROR, f"{layer!r} d{parameter.name or 'param'}: relative error {error:.2e}"
+    """Compare dx and every parameter gradient with finite differences of sum(y · R): ``layers.gradcheck``."""
+    report = gradcheck(layer, x_host, backend, seed=int(rng.integers(2**31)), samples=parameter_indices,
+                       input_grad=input_grad)
+    assert report.ok, str(report)
 
 
 # -- independent references: plain NumPy float64, nothing of xpnet ---------------------------------

@@ -15,6 +15,7 @@ from layers import CrossEntropyLoss
 
 from ..errors import TrainingDiverged, XpnetError, setting
 from ..saving.checkpoint import save_checkpoint
+from ..saving.layer_stats_plot import plot_layer_stats
 from ..saving.metrics_file import write_error, write_metrics
 from ..saving.plots import (first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters,
                             plot_mistakes)
@@ -60,6 +61,10 @@ class Trainer:
     continues the schedule where it was). A training loss that explodes but stays finite
     gets one warning through ``warn`` (stderr by default).
 
+    ``layer_stats`` (loop/layer_stats.py), if given, records each layer's activations, gradient
+    norms and update ratios every few steps, on the device, read once per epoch; they go into
+    metrics.json and ``layers.png``.
+
     ``progress``: a progress bar per epoch, drawn only in a terminal or a notebook (not into
     a file or a CI log, where ``log``'s one line per epoch says enough).
 
@@ -70,7 +75,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, backend, *, out_dir=None, config: dict | None = None,
                  progress: bool = True, log: Callable[[str], None] = print, refresh_every: int = 20,
-                 schedule=None, warn: Callable[[str], None] | None = None):
+                 schedule=None, warn: Callable[[str], None] | None = None, layer_stats=None):
         self.model, self.optimizer, self.backend = model, optimizer, backend
         self.loss = CrossEntropyLoss(check_labels=False)  # datasets are validated when loaded
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -87,6 +92,7 @@ class Trainer:
         self.warned = False
         self._reported_fallbacks: set[str] = set()
         self._test_images = None
+        self.layer_stats = layer_stats  # a LayerStats (layer_stats.py) to record every few steps, or None
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader, test_loader, epochs: int, start_epoch: int = 0) -> list[dict]:
@@ -153,6 +159,8 @@ class Trainer:
                     self._check_not_exploded(running, epoch, step)
                     bar.set_postfix(loss=f"{running:.4f}", acc=f"{100 * correct.total() / seen:.1f}%")
             self.backend.synchronize()
+            if self.layer_stats is not None:
+                self.layer_stats.read()  # the epoch's statistics, in one device-to-host copy
         finally:
             bar.close()
         seconds = time.perf_counter() - start
@@ -170,12 +178,17 @@ class Trainer:
     def train_step(self, x, y):
         """Forward, loss, backward and an optimizer step on one batch; returns the loss (0-d) and
         the predicted classes (N,), both left on the device."""
-        logits = self.model.forward(x)
+        stats = self.layer_stats if self.layer_stats is not None and self.layer_stats.due(self.step) else None
+        logits = stats.forward(x) if stats else self.model.forward(x)
         loss = self.loss.forward(logits, y)
         self.model.backward(self.loss.backward(), input_grad=False)
         if self.schedule is not None:
             self.schedule.apply(self.optimizer, self.step)  # host numbers, handed to the update kernel
+        if stats:
+            stats.before_update()
         self.optimizer.step()
+        if stats:
+            stats.after_update(self.step)
         self.step += 1
         return loss, self.backend.xp.argmax(logits, axis=1)
 
@@ -232,11 +245,15 @@ class Trainer:
         if self.history[-1]["test_acc"] > best_before or not (out / "best.npz").exists():
             save_checkpoint(out / "best.npz", **arguments)
         try:
-            write_metrics(out / "metrics.json", self.config, self.history, evaluation)
-            for plot, name in ((lambda path: plot_curves(self.history, path), "curves.png"),
-                               (lambda path: plot_confusion(evaluation.confusion, path), "confusion.png"),
-                               (lambda path: self._plot_mistakes(evaluation, path), "mistakes.png"),
-                               (self._plot_filters, "filters.png")):
+            layer_stats = None if self.layer_stats is None else self.layer_stats.as_dict()
+            write_metrics(out / "metrics.json", self.config, self.history, evaluation, layer_stats=layer_stats)
+            plots = [(lambda path: plot_curves(self.history, path), "curves.png"),
+                     (lambda path: plot_confusion(evaluation.confusion, path), "confusion.png"),
+                     (lambda path: self._plot_mistakes(evaluation, path), "mistakes.png"),
+                     (self._plot_filters, "filters.png")]
+            if layer_stats is not None:
+                plots.append((lambda path: plot_layer_stats(layer_stats, path), "layers.png"))
+            for plot, name in plots:
                 try:
                     plot(out / name)
                 except OSError as exc:

@@ -161,6 +161,7 @@ class RunConfig:
     resume: str | Path | None = None  # a checkpoint.npz to continue up to ``epochs``
     download: bool = False  # fetch the SVHN files into data_dir
     quiet: bool = False  # no progress bar, no per-epoch lines or notes
+    layer_stats: int = 0  # every this many steps, per-layer statistics into metrics.json and layers.png (0: off)
 
     DEFAULTS: ClassVar[dict[str, Any]]  # setting -> the value a new run uses when it is not chosen
 
@@ -173,7 +174,7 @@ class RunConfig:
             if value is not None and rule.kind is not None:  # 3.0 epochs is 3: a whole number where one is counted
                 setattr(self, name, rule.parse(str(value)))
         options = {"device": Rule(choices=DEVICES), "out": FOLDER, "resume": FOLDER,
-                   "overwrite": FLAG, "download": FLAG, "quiet": FLAG}
+                   "overwrite": FLAG, "download": FLAG, "quiet": FLAG, "layer_stats": NON_NEGATIVE_INT}
         for name, rule in options.items():
             value = getattr(self, name)
             problem = None if value is None and name in ("out", "resume") else rule.problem(value)

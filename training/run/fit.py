@@ -10,6 +10,7 @@ optimizer and schedule (prepare.py), then let the Trainer train, save and draw e
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from models import build_model
 
 from .. import interrupts
 from ..errors import CheckpointError, XpnetError, setting
+from ..loop.layer_stats import LayerStats
 from ..loop.trainer import Evaluation, Trainer
 from ..saving.checkpoint import read_header
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
@@ -181,12 +183,23 @@ def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: R
         removed = folder.remove_run_files(replaced)
         log(f"{setting('overwrite')}: removed the other run's {', '.join(removed)} from {folder.path}")
 
+    layer_stats = LayerStats(model, backend, config.layer_stats) if config.layer_stats else None
     trainer = Trainer(model, optimizer, backend, out_dir=folder.path, config=saved, progress=not config.quiet,
-                      log=log, schedule=schedule)
+                      log=log, schedule=schedule, layer_stats=layer_stats)
     trainer.history = history
     if checkpoint is not None:  # the schedule's position; checkpoints from before steps were saved: whole epochs
         trainer.step = int(checkpoint.meta.get("step", start_epoch * len(train_loader)))
+        if layer_stats is not None:  # the statistics recorded before the resume stay in metrics.json
+            layer_stats.continue_from(saved_layer_stats(folder.path / "metrics.json"), trainer.step)
     return trainer, interrupts.StopOnSignal(train_loader), interrupts.StopOnSignal(test_loader), start_epoch
+
+
+def saved_layer_stats(path: Path) -> dict | None:
+    """The ``layer_stats`` of a run's metrics.json, or None (none recorded, or no readable file)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("layer_stats")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def file_identity(path: Path):

@@ -32,7 +32,8 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png", "mistakes.png", "filters.png")
+RUN_FILES = ("checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png", "mistakes.png", "filters.png",
+             "layers.png")  # layers.png: only with layer statistics (--layer-stats)
 HISTORY_FILES = ("checkpoint.npz", "best.npz", "metrics.json")  # the files that say which run they belong to
 LOCK_NAME = ".xpnet.lock"
 

@@ -15,13 +15,16 @@ def write_error(path: Path, exc: OSError) -> XpnetError:
     return XpnetError(f"cannot write {path}: {exc.strerror or exc}; free some disk space or choose a writable folder with {setting('out')}")
 
 
-def write_metrics(path: Path, config: dict, history: list[dict], evaluation=None) -> None:
-    """metrics.json: the config, one object per epoch, and the last evaluation's details."""
+def write_metrics(path: Path, config: dict, history: list[dict], evaluation=None, layer_stats: dict | None = None) -> None:
+    """metrics.json: the config, one object per epoch, the last evaluation's details, and the
+    per-layer statistics of ``--layer-stats`` (``layer_stats``) when they were recorded."""
     best = max(history, key=lambda row: row["test_acc"]) if history else None
     document = {"config": config, "history": history, "best_epoch": best["epoch"] if best else None}
     if evaluation is not None:
         document["per_class_accuracy"] = [None if math.isnan(v) else v for v in per_class_accuracy(evaluation.confusion).tolist()]
         document["confusion"] = evaluation.confusion.tolist()
+    if layer_stats is not None:
+        document["layer_stats"] = layer_stats
     try:
         write_atomically(path, lambda stream: json.dump(document, stream, indent=2), text=True)
     except OSError as exc:

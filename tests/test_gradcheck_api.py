@@ -1,0 +1,113 @@
+"""The public gradient check, layers.gradcheck: a wrong backward is caught and named, misuse is a clear error,
+and the checked layer is left as it was (backend, dtype, mode, buffers, random state)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from backends import BackendUnavailableError, available_backends
+from layers import BatchNorm1D, Dropout, Layer, Linear, Parameter, Sequential, gradcheck
+
+
+class Scale(Layer):
+    """y = x · gain per feature, with one of three mistakes a learner makes (``bug``)."""
+
+    def __init__(self, features: int, bug: str = ""):
+        super().__init__()
+        self.gain = Parameter(self.xp.asarray([1.5, -0.5, 2.0][:features], dtype=self.dtype))
+        self.bug = bug
+
+    def forward(self, x):
+        self._cache = x
+        return x * self.gain.data
+
+    def backward(self, dy):
+        x = self._saved()
+        xp = self.xp
+        if self.bug != "forgot gain.grad":
+            # the classic slip: the gradient of the gain without its input factor
+            self.gain.grad = xp.sum(dy if self.bug == "wrong gain.grad" else dy * x, axis=0)
+        if self.bug == "dx shape":
+            return xp.sum(dy, axis=0)
+        return dy if self.bug == "wrong dx" else dy * self.gain.data
+
+
+def test_a_correct_layer_passes_and_the_report_is_a_table(backend):
+    report = gradcheck(Scale(3), np.random.default_rng(0).standard_normal((4, 3)), backend)
+    assert report.ok and report.failed == []
+    assert [row.name for row in report.rows] == ["input", "gain"]
+    assert report["gain"].shape == (3,) and report["gain"].error < 1e-7
+    lines = str(report).splitlines()
+    assert lines[0].startswith(f"gradcheck Scale() on {backend.name}, float64, training mode: ok")
+    assert lines[1].split() == ["tensor", "shape", "max", "rel.", "error", "worst", "at", "result"]
+    assert lines[3].split()[0] == "gain" and lines[3].split()[-1] == "pass"
+
+
+@pytest.mark.parametrize("bug, failed, problem", [
+    ("wrong gain.grad", ["gain"], ""), ("wrong dx", ["input"], ""),
+    ("forgot gain.grad", ["gain"], "grad not set"), ("dx shape", ["input"], "shape (3,)"),
+])
+def test_a_wrong_backward_fails_and_the_report_names_the_tensor(bug, failed, problem):
+    report = gradcheck(Scale(3, bug=bug), np.random.default_rng(1).standard_normal((4, 3)))  # never raises
+    assert not report.ok and report.failed == failed
+    row = report[failed[0]]
+    assert not row.ok and row.problem == problem
+    if not problem:
+        assert row.error > 1e-2 and len(row.where) == len(row.shape)
+    text = str(report)
+    assert f"FAILED: {failed[0]}" in text.splitlines()[0]
+    assert any(line.split()[0] == failed[0] and line.endswith("FAIL") for line in text.splitlines()[2:])
+
+
+def test_sampling_checks_some_entries_and_still_finds_a_wrong_gradient():
+    x = np.random.default_rng(2).standard_normal((3, 30))
+    report = gradcheck(Linear(30, 20, rng=np.random.default_rng(0)), x, samples=7)
+    assert report.ok and report["weight"].where is not None
+    assert gradcheck(Scale(3, bug="wrong gain.grad"), x[:, :3], samples=2).failed == ["gain"]
+
+
+def test_dropout_is_checked_with_one_mask_and_its_state_kept(backend):
+    layer = Dropout(0.5, seed=4)
+    layer.step = 3
+    x = np.random.default_rng(3).standard_normal((5, 6))
+    assert gradcheck(layer, x, backend).ok
+    assert layer.step == 3
+    assert gradcheck(layer.eval(), x, backend, training=False).ok  # the identity in eval mode
+    assert not layer.training
+
+
+def test_the_layer_is_left_on_its_backend_dtype_and_mode_with_its_buffers():
+    layer = BatchNorm1D(3)
+    layer.eval()
+    before = np.array(layer.running_mean), np.array(layer.running_var), np.array(layer.weight.data)
+    assert gradcheck(layer, np.random.default_rng(4).standard_normal((6, 3)) * 2 + 1).ok  # in training mode
+    assert layer.backend.name == "cpu" and layer.dtype == layer.xp.float32 and not layer.training
+    for array, saved in zip((layer.running_mean, layer.running_var, layer.weight.data), before):
+        np.testing.assert_array_equal(np.asarray(array), saved)
+
+
+def test_misuse_is_a_clear_error():
+    x = np.ones((2, 3))
+    with pytest.raises(TypeError, match="checks a Layer"):
+        gradcheck(lambda v: v, x)
+    with pytest.raises(TypeError, match="as a NumPy array"):
+        gradcheck(Scale(3), [[1.0, 2.0, 3.0]])
+    with pytest.raises(TypeError, match="floating-point input"):
+        gradcheck(Scale(3), np.ones((2, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="samples must be"):
+        gradcheck(Scale(3), x, samples=0)
+    with pytest.raises(ValueError, match="unknown backend|backend"):
+        gradcheck(Scale(3), x, backend="tpu")
+    with pytest.raises(ValueError, match="keeps nothing for backward in eval mode"):
+        gradcheck(Linear(3, 2), x, training=False)
+    model = Sequential(Linear(3, 2), Scale(2))
+    with pytest.raises(ValueError, match="part of a model"):
+        gradcheck(model[1], np.ones((2, 2)))
+    assert gradcheck(model.to("cpu", "float64")[1], np.ones((2, 2))).ok  # in place: nothing to move
+
+
+def test_cuda_unavailable_is_the_backend_error():
+    if "cuda" in available_backends():
+        pytest.skip("a GPU is present: cuda is checked in the other tests")
+    with pytest.raises(BackendUnavailableError):
+        gradcheck(Scale(3), np.ones((2, 3)), backend="cuda")
