@@ -38,10 +38,10 @@ from pathlib import Path  # noqa: E402
 from training import interrupts  # noqa: E402
 from training.errors import XpnetError, settings_named  # noqa: E402
 from training.run import RunConfig, RunInterrupted, evaluate, predict, train  # noqa: E402
-from training.run.config import (COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT,  # noqa: E402
-                                 NON_NEGATIVE_INT, RULES)
+from training.run.config import COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT, NON_NEGATIVE_INT, RULES  # noqa: E402
 from training.run.prepare import check_environment  # noqa: E402
 from training.run.streams import readers_may_leave  # noqa: E402
+
 
 # -- the flags --------------------------------------------------------------------------------------
 def typed(setting):

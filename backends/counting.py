@@ -276,9 +276,9 @@ def _trainer_step(model, backend, batch_size: int, rng):
 
     from training.data.augment import RandomShift
     from training.data.loader import DataLoader
+    from training.loop.trainer import Trainer
     from training.optim import Adam
     from training.schedules import make_schedule
-    from training.loop.trainer import Trainer
 
     images = rng.integers(0, 256, size=(3 * batch_size, *model.input_shape), dtype=np.uint8)
     labels = rng.integers(0, model.num_classes, size=3 * batch_size)

@@ -7,8 +7,15 @@ import os
 
 import numpy as np
 
-from .base import (CPU_TILE_BYTES, DEVICE_WORK_BYTES, ENGINES, Backend, BackendUnavailableError, cpu_threads,
-                   single_threaded_blas)
+from .base import (
+    CPU_TILE_BYTES,
+    DEVICE_WORK_BYTES,
+    ENGINES,
+    Backend,
+    BackendUnavailableError,
+    cpu_threads,
+    single_threaded_blas,
+)
 
 BACKEND_NAMES = ("cpu", "cuda", "auto", "strict")
 

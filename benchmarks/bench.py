@@ -58,8 +58,17 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.report import (  # noqa: E402  (after the path set-up, so the script runs from anywhere)
-    compare, default_json_path, default_threads, format_table, machine_info, table_notes, write_json,
-    _installed_version, BUSY_SHARE, cpu_seconds, other_cpu_share,
+    BUSY_SHARE,
+    _installed_version,
+    compare,
+    cpu_seconds,
+    default_json_path,
+    default_threads,
+    format_table,
+    machine_info,
+    other_cpu_share,
+    table_notes,
+    write_json,
 )
 from benchmarks.worker import RESULT_MARKER, worker_main  # noqa: E402
 from benchmarks.workloads import DATA_NOTE, DTYPE, LEARNING_RATE, MOMENTUM, OPTIMIZER  # noqa: E402

@@ -45,8 +45,8 @@ def xpnet_loop(model_name: str, device: str, batch_size: int, images, labels, ep
     from backends import get_backend
     from models import build_model
     from training.data.loader import DataLoader, channel_stats
-    from training.optim import Adam
     from training.loop.trainer import Trainer
+    from training.optim import Adam
 
     backend = get_backend(device)
     model = build_model(model_name, seed=0, backend=backend)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import ALL_BACKENDS, ENGINE_BACKENDS, TINY, backend_or_skip, patch_images, run_quietly
 from engine_check import POLICIES, policy_backend
+from helpers import ALL_BACKENDS, ENGINE_BACKENDS, TINY, backend_or_skip, patch_images, run_quietly
+
 from training.data import write_svhn_mat
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 from helpers import backend_or_skip
+
 from layers.engine import Workspace
 
 # (backend name, the policy imposed): each engine on each backend that can run it

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from backends.counting import count_operations
 from engine_check import check_engines, host
 from helpers import backend_or_skip, check_layer, tie_free
+
+from backends.counting import count_operations
 from layers import Flatten, ReLU, Softmax
 from layers.activations import RELU_ENGINES
 

@@ -7,10 +7,10 @@ import types
 
 import numpy as np
 import pytest
+from helpers import SMALL, one_error_line, run
 
 from backends import available_backends, get_backend, registry
 from backends.base import cpu_threads
-from helpers import SMALL, one_error_line, run
 from training.saving.checkpoint import load_checkpoint
 
 

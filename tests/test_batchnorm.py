@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from backends import get_backend
 from engine_check import check_engines, host
 from helpers import MAX_RELATIVE_ERROR, assert_close, check_layer, numerical_gradient, relative_error
+
+from backends import get_backend
 from layers import BatchNorm1D, BatchNorm2D, Sequential
 from layers.batchnorm import ENGINES, BatchNormParams, batchnorm_backward_reference, batchnorm_reference
-
 
 BN_CASES = [(BatchNorm2D, (3, 4, 5, 6)), (BatchNorm1D, (7, 4)), (BatchNorm1D, (3, 4, 5))]
 BN_IDS = ["2d", "1d", "1d-length"]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EDITS, call_cli, evaluated, mutate, reference_channel_stats
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cli
 from backends import get_backend
-from helpers import EDITS, call_cli, evaluated, mutate, reference_channel_stats
 from layers import CrossEntropyLoss
 from models import MLP, build_model
 from training.errors import CheckpointError

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import copy_run, one_error_line, run
 
 import cli
 from backends import get_backend
-from helpers import copy_run, one_error_line, run
 from models import build_model
 from training.saving.checkpoint import save_checkpoint
-
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 

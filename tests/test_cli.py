@@ -6,12 +6,20 @@ import json
 
 import numpy as np
 import pytest
+from helpers import (
+    SMALL,
+    ambiguous,
+    one_error_line,
+    reference_channel_stats,
+    reference_cross_entropy,
+    reference_forward,
+    reference_normalise,
+    reference_softmax,
+    run,
+)
 
 import cli
-from helpers import SMALL, ambiguous, one_error_line, reference_channel_stats, reference_cross_entropy, reference_forward, reference_normalise, reference_softmax, run
 from training.saving.checkpoint import load_checkpoint
-
-
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from helpers import TINY, copy_run, one_error_line, run
 
 import cli
-from helpers import TINY, copy_run, one_error_line, run
 from training.data import write_svhn_mat
 from training.saving.checkpoint import load_checkpoint
 
@@ -86,8 +86,9 @@ def test_float64_trains_resumes_exactly_evaluates_and_predicts(tmp_path, capsys)
 # -- the data flags ---------------------------------------------------------------------------------
 def test_download_and_extra_through_the_cli(tmp_path, capsys, monkeypatch):
     """--download fetches (from a local server) and verifies the files; --extra adds extra_32x32.mat."""
-    import training.data.download
     from helpers import Server
+
+    import training.data.download
 
     source = write_svhn_folder(tmp_path / "source", (("train", 48), ("test", 16), ("extra", 32)))
     files = {path.name: path.read_bytes() for path in source.iterdir()}
@@ -210,7 +211,7 @@ def test_evaluate_on_another_dataset_and_batch_size_is_honoured(tmp_path, capsys
             "--batch-size", "7", "--device", "cpu"]
     code, stdout, err = run(argv, capsys)
     assert code == 0, err
-    assert f"on svhn-test: " in stdout and "of 40 images" in stdout
+    assert "on svhn-test: " in stdout and "of 40 images" in stdout
 
 
 # -- resuming with other data -------------------------------------------------------------------------

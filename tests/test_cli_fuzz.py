@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from helpers import snapshot
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import cli
-from helpers import snapshot
 from training.data import write_svhn_mat
 
 RUN_FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "filters.png", "metrics.json", "mistakes.png"]

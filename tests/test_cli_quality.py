@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+from helpers import SMALL, run
 
 import cli
-from helpers import SMALL, run
 from training.loop.trainer import Trainer
 from training.saving.checkpoint import load_checkpoint
 

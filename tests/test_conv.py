@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_check import check_engines, host
+from helpers import assert_close, backend_or_skip, check_layer, reference_conv2d
 
 from backends import get_backend
 from backends.counting import count_operations
-from engine_check import check_engines, host
-from helpers import assert_close, backend_or_skip, check_layer, reference_conv2d
 from layers import Conv2D
 from layers.conv import ENGINES, ConvParams, conv2d_backward_reference, conv2d_reference
 

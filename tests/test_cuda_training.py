@@ -13,9 +13,9 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import backend_or_skip
 
 from backends import get_backend
-from helpers import backend_or_skip
 from layers import CrossEntropyLoss
 from models import build_model
 from training.data.augment import RandomShift

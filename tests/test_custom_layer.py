@@ -5,8 +5,8 @@ import numpy as np
 
 from layers import CrossEntropyLoss, Layer, Linear, Parameter, Sequential
 from models import Model
-from training.saving.checkpoint import load_checkpoint, save_checkpoint
 from training.optim import SGD
+from training.saving.checkpoint import load_checkpoint, save_checkpoint
 
 
 class Scale(Layer):

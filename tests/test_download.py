@@ -6,8 +6,8 @@ import socket
 
 import numpy as np
 import pytest
-
 from helpers import Server
+
 from training.data import read_svhn_mat, write_svhn_mat
 from training.data.download import RemoteFile, download_svhn, file_sha256
 from training.errors import DownloadError

@@ -15,9 +15,9 @@ import re
 import numpy as np
 import pytest
 import tqdm
+from helpers import Server
 
 import cli
-from helpers import Server
 import training.data.download as download_module
 from training.data import read_svhn_mat, write_svhn_mat
 from training.data.download import RemoteFile

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from backends.random import derive_key
 from engine_check import check_engines
 from helpers import MAX_RELATIVE_ERROR, numerical_gradient, relative_error
+
+from backends.random import derive_key
 from layers import Dropout
 from layers.dropout import ENGINES, DropoutParams
 

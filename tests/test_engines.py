@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import TINY, backend_or_skip, call_cli, one_error_line
 
 from backends import BackendUnavailableError, get_backend
-from helpers import TINY, backend_or_skip, call_cli, one_error_line
 from layers import Conv2D, CrossEntropyLoss
 from layers.conv import ConvReference
 from models import build_model

@@ -27,12 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import SMALL, TINY, one_error_line, run, svhn_flags
 
 import cli
-from helpers import SMALL, TINY, one_error_line, run, svhn_flags
 from training.loop.trainer import Trainer
 from training.saving.checkpoint import load_checkpoint
-
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "cli.py"), *TINY, "--epochs", "2"]

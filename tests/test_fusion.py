@@ -316,8 +316,8 @@ def _fused_calls():
     from backends.counting import step_function
     from backends.random import device_random
     from layers import BatchNorm1D, Dropout
-    from training.optim import SGD, Adam, AdamW
     from training.loop.trainer import max_probability
+    from training.optim import SGD, Adam, AdamW
 
     calls = {}
     original = fusion.FusedFunction.__call__
@@ -496,8 +496,9 @@ def test_a_cli_run_lists_the_kernels_that_fell_back(monkeypatch, capsys, tmp_pat
     """cli.py silences NumPy's RuntimeWarnings during training; the Trainer's list of fallbacks
     still reaches stderr, once. The cpu backend is given a compiler whose kernels return
     results 1 % off."""
-    from backends import registry
     from helpers import TINY, run
+
+    from backends import registry
 
     def off_by_a_percent(function, name):
         def kernel(*args):

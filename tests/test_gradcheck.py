@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import MAX_RELATIVE_ERROR, check_layer, numerical_gradient, relative_error
+
 from layers import Conv2D, CrossEntropyLoss, Dropout, Flatten, Linear, MaxPool2D, ReLU, Sequential
 from models import build_model
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from training.errors import DataError
 from training.data.images import read_image
+from training.errors import DataError
 
 ORIENTATION = 0x0112  # the EXIF tag
 

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from backends import get_backend
-import backends.base as backend_base
 from helpers import assert_close, reference_conv2d, reference_maxpool
+
+import backends.base as backend_base
+from backends import get_backend
 from layers import Conv2D, Flatten, Linear, MaxPool2D, ReLU, Sequential, Softmax
 from models import build_model
-
 
 # -- independent references: the definitions, written with plain loops --------------------
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_check import check_engines
+from helpers import backend_or_skip, check_layer
 
 from backends import get_backend
 from backends.counting import count_operations
-from engine_check import check_engines
-from helpers import backend_or_skip, check_layer
 from layers import Linear
 from layers.linear import ENGINES, LinearParams
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import random_set
 
 from backends import get_backend
-from helpers import random_set
 from training.data import DataLoader, channel_stats
 from training.data import loader as data_loader
 from training.errors import DataError

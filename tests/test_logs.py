@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import TINY
+from test_trainer import separable_loader
 
 from backends import get_backend
-from helpers import TINY
 from models import build_model
-from test_trainer import separable_loader
 from training.loop.trainer import Trainer
 from training.optim import SGD
 

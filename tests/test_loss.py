@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_check import check_engines, host
+from helpers import MAX_RELATIVE_ERROR, backend_or_skip, numerical_gradient, reference_cross_entropy, relative_error
 
 from backends import get_backend
 from backends.counting import count_operations
-from engine_check import check_engines, host
-from helpers import MAX_RELATIVE_ERROR, backend_or_skip, numerical_gradient, reference_cross_entropy, relative_error
 from layers import CrossEntropyLoss
 from layers.loss import ENGINES, LossParams, cross_entropy_reference
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import EDITS, mutate
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from helpers import EDITS, mutate
 from training.data import read_svhn_mat, write_svhn_mat
 from training.errors import DataError
 

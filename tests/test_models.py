@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import assert_close, reference_loss_and_gradients
+
 from layers import CrossEntropyLoss, Dropout
 from models import build_model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from layers import Linear, Parameter, Sequential, ReLU
+from layers import Linear, Parameter, ReLU, Sequential
 from layers.parameter import flatten_parameters
 from models import build_model
 from training.optim import SGD, Adam

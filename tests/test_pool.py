@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from engine_check import check_engines, host
+from helpers import assert_close, backend_or_skip, check_layer, reference_maxpool, tie_free
 
 from backends import get_backend
 from backends.counting import count_operations
-from engine_check import check_engines, host
-from helpers import assert_close, backend_or_skip, check_layer, reference_maxpool, tie_free
 from layers import MaxPool2D
 from layers.pool import ENGINES, PoolParams, maxpool_backward_reference, maxpool_reference
 

@@ -31,13 +31,25 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from helpers import (
+    PARAMETER_ORDER,
+    ambiguous,
+    call_cli,
+    evaluated,
+    patch_images,
+    reference_channel_stats,
+    reference_confusion,
+    reference_cross_entropy,
+    reference_forward,
+    reference_loss_and_gradients,
+    reference_normalise,
+    reference_softmax,
+    svhn_flags,
+)
 
 import cli
 import training.loop.trainer as trainer_module
 from backends import get_backend
-from helpers import (PARAMETER_ORDER, ambiguous, call_cli, evaluated, patch_images, reference_channel_stats,
-                     reference_confusion, reference_cross_entropy, reference_forward, reference_loss_and_gradients,
-                     reference_normalise, reference_softmax, svhn_flags)
 from models import build_model
 from training.data import write_svhn_mat
 from training.saving.checkpoint import load_checkpoint, save_checkpoint

@@ -13,8 +13,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from helpers import run
+
 from training.data.synthetic import make_synthetic
 from training.errors import XpnetError
 from training.run import Prediction, RunConfig, RunInterrupted, RunResult, SettingError, evaluate, predict, train

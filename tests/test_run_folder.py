@@ -6,12 +6,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-
 from helpers import SMALL, TINY, copy_run, one_error_line, run, snapshot
+
 from training.loop.trainer import Trainer
 from training.run import folder as run_folder
 from training.saving.checkpoint import load_checkpoint

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.io
-
 from helpers import random_set
+
 from training.data import ImageSet, load_svhn, read_svhn_mat, write_svhn_mat
 from training.errors import DataError
 

@@ -7,10 +7,18 @@ import json
 
 import numpy as np
 import pytest
+from helpers import (
+    SMALL,
+    ambiguous,
+    one_error_line,
+    reference_channel_stats,
+    reference_cross_entropy,
+    reference_forward,
+    reference_normalise,
+    run,
+)
 
 from backends import get_backend
-from helpers import SMALL, ambiguous, one_error_line, reference_channel_stats, reference_cross_entropy, \
-    reference_forward, reference_normalise, run
 from models import build_model
 from training.data import DataLoader, channel_stats
 from training.errors import TrainingDiverged, XpnetError, settings_named
@@ -107,8 +115,8 @@ def test_a_tied_best_accuracy_keeps_the_first_epoch_in_best_npz_and_best_epoch(s
     """With a learning rate too small to change a float32 weight, every epoch has the same test
     accuracy: the best epoch is the first one, in metrics.json and in best.npz alike."""
     from training.data import DataLoader
-    from training.optim import SGD
     from training.loop.trainer import Trainer
+    from training.optim import SGD
 
     _, arrays = svhn_patches
     cpu = get_backend("cpu")

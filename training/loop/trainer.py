@@ -17,8 +17,14 @@ from ..errors import TrainingDiverged, XpnetError, setting
 from ..saving.checkpoint import save_checkpoint
 from ..saving.layer_stats_plot import plot_layer_stats
 from ..saving.metrics_file import write_error, write_metrics
-from ..saving.plots import (first_layer_filters, most_confident_mistakes, plot_confusion, plot_curves, plot_filters,
-                            plot_mistakes)
+from ..saving.plots import (
+    first_layer_filters,
+    most_confident_mistakes,
+    plot_confusion,
+    plot_curves,
+    plot_filters,
+    plot_mistakes,
+)
 from .metrics import confusion_matrix
 from .tally import CorrectCount, Tally
 

@@ -7,10 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..saving.checkpoint import load_checkpoint
 from ..errors import CheckpointError, XpnetError, setting
-from .config import (COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_SETTINGS, MODELS, PREDICTION_SETTINGS,
-                     RESUMED_SETTINGS, SVHN_ONLY, SYNTHETIC_ONLY, RunConfig, check_saved_setting)
+from ..saving.checkpoint import load_checkpoint
+from .config import (
+    COMMAND_PURPOSES,
+    COMMAND_SETTINGS,
+    EVALUATION_SETTINGS,
+    MODELS,
+    PREDICTION_SETTINGS,
+    RESUMED_SETTINGS,
+    SVHN_ONLY,
+    SYNTHETIC_ONLY,
+    RunConfig,
+    check_saved_setting,
+)
 
 USED_SETTINGS = {"resume": RESUMED_SETTINGS, "evaluate": EVALUATION_SETTINGS, "predict": PREDICTION_SETTINGS}
 

@@ -25,8 +25,18 @@ from ..saving.checkpoint import read_header
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
 from .config import RESUMED_SETTINGS, RunConfig
 from .folder import FolderInUseError, RunFolder, check_new_run, check_resume_target, claim
-from .prepare import (choose_backend, load_training_data, logger, make_loaders, make_optimizer, model_options,
-                      normalisation_of, np_quiet, out_of_memory_advice, planned_schedule)
+from .prepare import (
+    choose_backend,
+    load_training_data,
+    logger,
+    make_loaders,
+    make_optimizer,
+    model_options,
+    normalisation_of,
+    np_quiet,
+    out_of_memory_advice,
+    planned_schedule,
+)
 
 
 @dataclass

@@ -24,8 +24,8 @@ import json
 import os
 from pathlib import Path
 
-from ..saving.checkpoint import read_header
 from ..errors import CheckpointError, XpnetError, setting
+from ..saving.checkpoint import read_header
 
 try:
     import fcntl

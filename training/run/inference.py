@@ -25,7 +25,8 @@ from ..data import DataLoader
 from ..data.images import read_image
 from ..errors import DataError, XpnetError, setting
 from ..loop.metrics import per_class_accuracy
-from ..loop.trainer import Evaluation, evaluate as evaluate_model
+from ..loop.trainer import Evaluation
+from ..loop.trainer import evaluate as evaluate_model
 from .checks import check_command_settings, check_data_settings, checked_checkpoint
 from .config import EVALUATION_BATCH, EVALUATION_SETTINGS, PREDICTION_SETTINGS, RunConfig
 from .prepare import choose_backend, load_test_data, logger, np_quiet, out_of_memory_advice

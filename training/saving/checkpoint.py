@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import write_atomically
 from ..errors import CheckpointError, setting
+from .atomic import write_atomically
 
 FORMAT_VERSION = 1
 # What the trainer writes for each epoch; metrics.json holds the same rows.
