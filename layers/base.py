@@ -128,6 +128,19 @@ class Layer:
                 f"use model.to(backend, dtype='{_dtype_name(x.dtype)}') or cast the input"
             )
 
+    def _engine_backward(self, engines, dy, need_dx: bool):
+        """The backward pass of a layer with parameters, through the engine ``engines`` picks here.
+
+        The engine gets what forward saved, the parameters (``_params()``) and their gradient
+        buffers to write into; it returns dx (None when ``need_dx`` is false) and the gradients,
+        which only the layer sets.
+        """
+        engine = engines.pick(self.backend)
+        dx, grads = engine.backward(self.xp, dy, self._saved(), self._params(), self.work, need_dx,
+                                    self._gradient_buffers())
+        self._set_gradients(grads)
+        return dx
+
     def _set_gradients(self, grads: dict) -> None:
         """Set each parameter's gradient from an engine's ``grads`` ({attribute name: array}).
 

@@ -139,17 +139,10 @@ class _BatchNorm(Layer):
         return y
 
     def backward(self, dy):
-        return self._backward(dy, need_dx=True)
+        return self._engine_backward(ENGINES, dy, need_dx=True)
 
     def backward_params(self, dy) -> None:
-        self._backward(dy, need_dx=False)
-
-    def _backward(self, dy, need_dx: bool):
-        engine = ENGINES.pick(self.backend)
-        dx, grads = engine.backward(self.xp, dy, self._saved(), self._params(), self.work, need_dx,
-                                    self._gradient_buffers())
-        self._set_gradients(grads)
-        return dx
+        self._engine_backward(ENGINES, dy, need_dx=False)
 
     def _params(self) -> BatchNormParams:
         return BatchNormParams(self.weight.data, self.bias.data, self.running_mean, self.running_var, self.eps,

@@ -137,17 +137,10 @@ class Conv2D(Layer):
         return y
 
     def backward(self, dy):
-        return self._backward(dy, need_dx=True)
+        return self._engine_backward(ENGINES, dy, need_dx=True)
 
     def backward_params(self, dy) -> None:
-        self._backward(dy, need_dx=False)
-
-    def _backward(self, dy, need_dx: bool):
-        engine = ENGINES.pick(self.backend)
-        dx, grads = engine.backward(self.xp, dy, self._saved(), self._params(), self.work, need_dx,
-                                    self._gradient_buffers())
-        self._set_gradients(grads)
-        return dx
+        self._engine_backward(ENGINES, dy, need_dx=False)
 
     def _params(self) -> ConvParams:
         return ConvParams(self.weight.data, None if self.bias is None else self.bias.data, self.stride, self.padding)
