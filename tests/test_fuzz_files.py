@@ -370,3 +370,31 @@ def test_a_run_set_aside_by_a_killed_overwrite_comes_back(tmp_path, capsys, fini
     line = refused(TINY + ["--epochs", "1", "--out", str(out)], capsys, tmp_path, out)
     assert "already holds a run" in line
     assert tree(out) == before and not hidden(out)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kept=st.lists(st.sampled_from(run_folder.RUN_FILES[:7]), min_size=1, max_size=7, unique=True),
+       stranger=st.none() | st.sampled_from(sorted(STRANGERS)), overwrite=st.booleans())
+def test_overwrite_replaces_exactly_a_run(tmp_path_factory, capsys, finished_run, kept, stranger, overwrite):
+    """Some of a run's files, perhaps one stranger's file among them: a stranger's file is never replaced and
+    stops the run before anything moves; a run alone is refused without --overwrite, replaced with it."""
+    out = tmp_path_factory.mktemp("mix") / "run"
+    out.mkdir()
+    for name in kept:
+        shutil.copy(finished_run / name, out / name)
+    if stranger is not None:
+        (out / stranger).write_bytes(STRANGERS[stranger][0])
+    before = tree(out)
+    code, stdout, err = run(TINY + ["--epochs", "1", "--out", str(out)] + (["--overwrite"] if overwrite else []), capsys)
+    if stranger is not None or not overwrite:
+        assert code == 2
+        line = one_error_line(err)
+        if stranger is not None:
+            assert line.startswith(f"error: {out / stranger} is {STRANGERS[stranger][1]}, so no run's"), line
+        else:
+            assert line.startswith(f"error: {out} already holds a run ("), line
+        assert tree(out) == before, "nothing moved, nothing replaced"
+        return
+    assert code == 0, err
+    assert sorted(os.listdir(out)) == sorted(run_folder.RUN_FILES[:7])
+    assert load_checkpoint(out / "checkpoint.npz").history != load_checkpoint(finished_run / "checkpoint.npz").history
