@@ -398,3 +398,13 @@ def test_overwrite_replaces_exactly_a_run(tmp_path_factory, capsys, finished_run
     assert code == 0, err
     assert sorted(os.listdir(out)) == sorted(run_folder.RUN_FILES[:7])
     assert load_checkpoint(out / "checkpoint.npz").history != load_checkpoint(finished_run / "checkpoint.npz").history
+
+
+@pytest.mark.parametrize("kind, said", [("dangling", "a symbolic link to"), ("fifo", "a FIFO (named pipe)")])
+def test_an_out_that_is_no_folder_says_what_it_is(tmp_path, capsys, kind, said):
+    outside, _ = world(tmp_path)
+    out = tmp_path / "out"
+    place(kind, out, outside)
+    line = refused(TINY + ["--epochs", "1", "--out", str(out / "run")], capsys, tmp_path, out)
+    assert line.startswith(f"error: cannot create the output folder {out / 'run'}: {out} is {said}")
+    assert_nothing_outside_changed(tmp_path, {"victim.txt": VICTIM})

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError, XpnetError, setting
 from ..saving.checkpoint import read_header
-from ..saving.regular_files import check_regular, open_regular
+from ..saving.regular_files import check_regular, kind_of, open_regular
 from .ownership import foreign
 
 try:
@@ -225,7 +225,9 @@ def _make_folders(path: Path) -> list[Path]:
             break
         folder = folder.parent
     if not folder.is_dir() and folder not in missing:
-        raise XpnetError(f"cannot create the output folder {path}: {folder} is a file, not a folder; choose another with {setting('out')}")
+        what = kind_of(folder) or "a file"  # a dangling link, a FIFO ...
+        raise XpnetError(f"cannot create the output folder {path}: {folder} is {what}, not a folder; "
+                         f"choose another with {setting('out')}")
     created = []
     for folder in reversed(missing):
         try:
