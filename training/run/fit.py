@@ -216,13 +216,14 @@ def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: R
     log(f"{what}: {config.model} on {backend.name} ({config.dtype}), {optimizer!r}, batch {config.batch_size}, "
         f"{config.epochs} epochs; writing to {folder.path}")
     aside.move(replaced)  # overwrite, only now that all is ready: an error above has touched nothing
-    first = [True]
+    first_save = True
 
     def checkpoint_saved(epoch: int) -> None:
         """The new run's first checkpoint is on disk: the old run's files can go, and best.npz begin."""
-        if not first:
+        nonlocal first_save
+        if not first_save:
             return
-        first.clear()
+        first_save = False
         removed = aside.discard()
         if removed:
             log(f"{setting('overwrite')}: removed the other run's {', '.join(removed)} from {folder.path}")
