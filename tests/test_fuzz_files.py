@@ -408,3 +408,16 @@ def test_an_out_that_is_no_folder_says_what_it_is(tmp_path, capsys, kind, said):
     line = refused(TINY + ["--epochs", "1", "--out", str(out / "run")], capsys, tmp_path, out)
     assert line.startswith(f"error: cannot create the output folder {out / 'run'}: {out} is {said}")
     assert_nothing_outside_changed(tmp_path, {"victim.txt": VICTIM})
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_resume_into_a_folder_with_a_strangers_file_is_refused(tmp_path, capsys, finished_run, overwrite):
+    target = tmp_path / "b"
+    target.mkdir()
+    data, what = STRANGERS["metrics.json"]
+    (target / "metrics.json").write_bytes(data)
+    line = refused(["--resume", str(finished_run / "checkpoint.npz"), "--epochs", "3", "--out", str(target),
+                    "--device", "cpu", "--quiet"] + (["--overwrite"] if overwrite else []),
+                   capsys, tmp_path, target / "metrics.json")
+    assert f"is {what}, so no run's" in line
+    assert tree(target) == {"metrics.json": data}
