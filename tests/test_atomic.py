@@ -1,10 +1,14 @@
 """write_atomically: a file is either the old one or the complete new one."""
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 
 from training.saving.atomic import write_atomically
 from training.saving.plots import plot_curves
+from training.saving.regular_files import NotARegularFile
 
 
 def test_success_replaces_the_file_and_leaves_no_temporary(tmp_path):
@@ -38,3 +42,24 @@ def test_plots_are_written_through_it(tmp_path, monkeypatch):
     monkeypatch.setattr("training.saving.plots.write_atomically", lambda *args, **kwargs: calls.append(args[0]))
     plot_curves(history, tmp_path / "again.png")
     assert calls == [tmp_path / "again.png"]
+
+
+@pytest.mark.parametrize("kind", ["link", "dangling", "folder", "fifo"])
+def test_only_a_regular_file_is_replaced(tmp_path, kind):
+    """A link at the name is neither written through nor replaced; a folder or a FIFO is left alone (and not opened)."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("the user's")
+    path = tmp_path / "run" / "metrics.json"
+    path.parent.mkdir()
+    if kind == "link":
+        path.symlink_to(outside)
+    elif kind == "dangling":
+        path.symlink_to(tmp_path / "nowhere.txt")
+    elif kind == "folder":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    with pytest.raises(NotARegularFile, match=f"^{re.escape(str(path))} is a"):
+        write_atomically(path, lambda stream: stream.write("new"), text=True)
+    assert outside.read_text() == "the user's" and not (tmp_path / "nowhere.txt").exists()
+    assert [p.name for p in path.parent.iterdir()] == ["metrics.json"], "no temporary file is left"

@@ -261,8 +261,18 @@ def test_a_refusal_of_the_system_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(run_folder.os, "ftruncate", disk_full)  # while writing the lock
     code, _, err = run(TINY + ["--epochs", "1", "--out", str(tmp_path / "run")], capsys)
     assert code == 2
-    assert one_error_line(err) == "error: No space left on device; check that file's permissions and the free disk space"
+    assert one_error_line(err) == (f"error: cannot write the lock file {tmp_path / 'run' / run_folder.LOCK_NAME}: "
+                                   f"No space left on device; free some disk space, or choose another --out")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_refusal_of_the_system_that_no_check_foresaw_is_one_line():
+    import cli
+
+    assert cli.failure_line(OSError(28, "No space left on device")) == \
+        "error: No space left on device; check that file's permissions and the free disk space"
+    assert cli.failure_line(OSError(13, "Permission denied", "/x/y")) == \
+        "error: Permission denied: /x/y; check that file's permissions and the free disk space"
 
 
 def test_warnings_are_one_line_each(tmp_path, capsys, monkeypatch):

@@ -157,21 +157,24 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, rng):
 
 
 @pytest.mark.usefixtures("private_cache")
-def test_divergence_in_the_first_epoch_claims_no_checkpoint(tmp_path, capsys):
-    """--overwrite removed the earlier run's checkpoint; the diverged run must not claim one of its own."""
+def test_divergence_in_the_first_epoch_claims_no_checkpoint(tmp_path, capsys, finished_run):
+    """--overwrite set the earlier run's checkpoint aside; the diverged run must not claim one of its own
+    (and, having saved no epoch, it puts the earlier run's checkpoint back)."""
     out = tmp_path / "run"
     out.mkdir()
-    (out / "checkpoint.npz").write_bytes(b"a checkpoint of some earlier run in the same folder")
+    earlier = (finished_run / "checkpoint.npz").read_bytes()  # a checkpoint of some earlier run in the same folder
+    (out / "checkpoint.npz").write_bytes(earlier)
     argv = SMALL + ["--optimizer", "sgd", "--lr", "1e6", "--epochs", "2", "--out", str(out)]
     code, _, err = run(argv, capsys)
     assert code == 2 and "already holds a run (checkpoint.npz)" in one_error_line(err)
-    assert (out / "checkpoint.npz").read_bytes() == b"a checkpoint of some earlier run in the same folder"
+    assert (out / "checkpoint.npz").read_bytes() == earlier
     code, _, err = run(argv + ["--overwrite"], capsys)
     assert code == 2
     line = one_error_line(err)  # also: no NumPy overflow warnings around it
     assert line.startswith("error: the training loss became") and "try a smaller --lr; no checkpoint was saved" in line
     assert "intact" not in line
-    assert sorted(p.name for p in out.iterdir()) == []
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz"]
+    assert (out / "checkpoint.npz").read_bytes() == earlier
 
 
 class PoisonedSGD(SGD):

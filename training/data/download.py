@@ -7,6 +7,10 @@ Each file is streamed into ``<name>.part``. An interrupted download leaves the .
 behind and the next call resumes it with an HTTP Range request. Only a file whose size
 and SHA-256 match the table below is moved (atomically) to its final name, so a file
 under the final name is always complete. Only the standard library (urllib) is used.
+
+The .part file is only ever a regular file of this folder: it is opened without following a
+link and without blocking on a FIFO (``training.saving.regular_files``); anything else at its
+name, or at the final name, is refused with one error.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
 
 from ..errors import DownloadError, setting
+from ..saving.regular_files import check_regular, kind_of_mode, open_regular
 
 SVHN_BASE_URL = "http://ufldl.stanford.edu/housenumbers/"
 
@@ -77,7 +82,7 @@ def download_svhn(
     for split in splits:
         remote = checksums[split]
         target = data_dir / remote.filename
-        if target.exists():
+        if os.path.lexists(target):  # a dangling link too: it is no official file
             _check_present(target, remote)
         else:
             _download(base_url.rstrip("/") + "/" + remote.filename, target, remote, progress, timeout)
@@ -95,7 +100,15 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _check_present(path: Path, remote: RemoteFile) -> None:
-    size = path.stat().st_size
+    try:
+        status = path.stat()  # a link to the official file elsewhere is fine: it is only read
+        kind = kind_of_mode(status.st_mode)
+    except OSError:
+        status, kind = None, f"{kind_of_mode(os.lstat(path).st_mode, path)} that leads to no file"
+    if kind is not None:
+        raise DownloadError(f"{path} is {kind}, not the official file; xpnet leaves it alone: move it away "
+                            f"(or choose another {setting('data_dir')}) and run again with {setting('download')}")
+    size = status.st_size
     if size == remote.size and file_sha256(path) == remote.sha256:
         return
     problem = f"its size is {size:,} bytes, expected {remote.size:,}" if size != remote.size else "its SHA-256 does not match"
@@ -107,14 +120,15 @@ def _check_present(path: Path, remote: RemoteFile) -> None:
 
 def _download(url: str, target: Path, remote: RemoteFile, progress: bool, timeout: float) -> None:
     part = target.with_name(target.name + ".part")
-    offset = part.stat().st_size if part.exists() else 0
+    check_regular(part, _part_advice(part), DownloadError)  # a link, a folder, a FIFO: never written through
+    offset = os.lstat(part).st_size if os.path.lexists(part) else 0
     if offset > remote.size:  # not a prefix of the file we want
         part.unlink()
         offset = 0
     if offset < remote.size:
         _fetch_into(url, part, offset, remote, progress, timeout)
 
-    size = part.stat().st_size
+    size = os.lstat(part).st_size
     if size != remote.size:
         raise DownloadError(
             f"download of {url} stopped after {size:,} of {remote.size:,} bytes (the server closed the connection); "
@@ -128,6 +142,10 @@ def _download(url: str, target: Path, remote: RemoteFile, progress: bool, timeou
             f"sending the official file)"
         )
     os.replace(part, target)
+
+
+def _part_advice(part: Path) -> str:
+    return f"remove it (xpnet makes {part.name} itself), or choose another {setting('data_dir')}"
 
 
 def _fetch_into(url: str, part: Path, offset: int, remote: RemoteFile, progress: bool, timeout: float) -> None:
@@ -146,8 +164,9 @@ def _fetch_into(url: str, part: Path, offset: int, remote: RemoteFile, progress:
                     return _fetch_into(url, part, 0, remote, progress, timeout)
             elif offset:
                 offset = written = 0  # the server sent the whole file instead (200): start over
-            mode = "ab" if offset else "wb"
-            with open(part, mode) as out, tqdm(
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if offset else os.O_TRUNC)
+            descriptor = open_regular(part, flags, _part_advice(part), DownloadError)
+            with os.fdopen(descriptor, "wb") as out, tqdm(
                 total=remote.size,
                 initial=offset,
                 unit="B",

@@ -4,7 +4,8 @@ SVHN's files are MATLAB v5 files: a 128-byte header (text, then the version 0x01
 byte-order mark "IM" or "MI"), then one data element per variable, each possibly
 zlib-compressed. ``scipy.io.loadmat`` reads them, but it is not hardened against corrupt
 files (see ``check_mat_v5``), so ``training.data.svhn`` checks every variable's header here
-first. MATLAB v7.3 files are HDF5 files instead, which scipy refuses (``is_hdf5``).
+first. MATLAB v7.3 files are HDF5 files instead, which scipy refuses (``is_hdf5``); a plain
+HDF5 file (an .h5 renamed, say) is no MATLAB file at all (``is_plain_hdf5``).
 """
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ import numpy as np
 
 from ..errors import DataError
 
-# MATLAB v7.3 files are HDF5 files with a 512-byte MATLAB header in front.
+# MATLAB v7.3 files are HDF5 files with a 512-byte MATLAB header in front; a plain HDF5 file starts with the signature.
 _HDF5_SIGNATURE = b"\x89HDF"
 _HDF5_OFFSET = 512
+_HDF5_FULL_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 _MI_INT8, _MI_INT32, _MI_UINT32, _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8 = 1, 5, 6, 14, 15, 16
 # element type codes of numeric data -> bytes per value (miINT8 .. miUINT64)
@@ -33,6 +35,12 @@ def is_hdf5(stream) -> bool:
     """Whether the file open as ``stream`` is a MATLAB v7.3 (HDF5) file."""
     stream.seek(_HDF5_OFFSET)
     return stream.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+
+
+def is_plain_hdf5(stream) -> bool:
+    """Whether the file open as ``stream`` is an HDF5 file without a MATLAB header (no .mat file)."""
+    stream.seek(0)
+    return stream.read(len(_HDF5_FULL_SIGNATURE)) == _HDF5_FULL_SIGNATURE
 
 
 def check_mat_v5(path: Path, f, *, read: tuple[str, ...], if_corrupt: str, if_not_numbers: str) -> list[str] | None:

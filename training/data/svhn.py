@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import DataError, setting
 from .imageset import ImageSet, describe
-from .matlab import check_mat_v5, is_hdf5
+from .matlab import check_mat_v5, is_hdf5, is_plain_hdf5
 
 SVHN_SPLIT_FILES = {
     "train": "train_32x32.mat",
@@ -91,6 +91,9 @@ def _load_x_and_y(path: Path, stream) -> dict:
     import scipy.io
 
     try:
+        if is_plain_hdf5(stream):
+            raise DataError(f"{path} is an HDF5 file, not a MATLAB .mat file; xpnet needs SVHN's format-2 cropped-digit "
+                            f"files train_32x32.mat and test_32x32.mat (*_32x32.mat): {_fix_hint()}")
         if is_hdf5(stream):
             raise DataError(_hdf5_message(path))
         # scipy's reader can crash the interpreter on a corrupt file

@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from ..saving.atomic import write_atomically
+from ..saving.regular_files import check_regular
 from . import glyphs
 from .imageset import ImageSet
 
@@ -75,12 +77,14 @@ def make_synthetic(
     and knobs. It is cached as an .npz in ``cache_dir`` (default: $XPNET_CACHE, else
     ~/.cache/xpnet); a missing or corrupt cache file is (re)generated, and a cache folder
     that cannot be written only costs a warning. ``cache=False`` never touches the disk.
+    Something else than a regular file at the cache file's name (a link, a FIFO) raises DataError.
     """
     for name, value in (("n_train", n_train), ("n_test", n_test)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     path = cache_path(n_train, n_test, seed, cache_dir) if cache else None
     if path is not None:
+        _check_cache_file(path)
         cached = _read_cache(path, n_train, n_test)
         if cached is not None:
             return cached
@@ -101,6 +105,7 @@ def make_synthetic_test(n_test: int = 5_000, seed: int = 0, n_train: int | None 
     """
     if n_train:
         path = cache_path(n_train, n_test, seed, cache_dir)
+        _check_cache_file(path)
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as f:  # reads only the two test arrays
@@ -133,6 +138,11 @@ def _fingerprint() -> str:
 
 
 # ---------------------------------------------------------------------------- cache
+
+
+def _check_cache_file(path: Path) -> None:
+    """Read and replace only a regular file: never a link (out of the cache), a FIFO (blocks) or a device."""
+    check_regular(path, "remove it (xpnet makes its cache files itself), or set XPNET_CACHE to another folder", DataError)
 
 
 def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[ImageSet, ImageSet] | None:

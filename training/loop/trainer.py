@@ -71,6 +71,13 @@ class Trainer:
     norms and update ratios every few steps, on the device, read once per epoch; they go into
     metrics.json and ``layers.png``.
 
+    ``best.npz`` always holds the epoch that ``history`` says is best (the first of the highest
+    test accuracy), also when ``history`` starts with the epochs of a resumed run: it is written
+    only when the epoch just trained is that epoch. (Its earlier best, if any, is out_dir's
+    best.npz already; training.run.best_file puts it there on a resume into another folder.)
+
+    ``on_checkpoint(epoch)``, if given, is called each time ``checkpoint.npz`` holds a new epoch.
+
     ``progress``: a progress bar per epoch, drawn only in a terminal or a notebook (not into
     a file or a CI log, where ``log``'s one line per epoch says enough).
 
@@ -81,7 +88,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, backend, *, out_dir=None, config: dict | None = None,
                  progress: bool = True, log: Callable[[str], None] = print, refresh_every: int = 20,
-                 schedule=None, warn: Callable[[str], None] | None = None, layer_stats=None):
+                 schedule=None, warn: Callable[[str], None] | None = None, layer_stats=None,
+                 on_checkpoint: Callable[[int], None] | None = None):
         self.model, self.optimizer, self.backend = model, optimizer, backend
         self.loss = CrossEntropyLoss(check_labels=False)  # datasets are validated when loaded
         self.out_dir = Path(out_dir) if out_dir is not None else None
@@ -99,6 +107,7 @@ class Trainer:
         self._reported_fallbacks: set[str] = set()
         self._test_images = None
         self.layer_stats = layer_stats  # a LayerStats (layer_stats.py) to record every few steps, or None
+        self.on_checkpoint = on_checkpoint
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, train_loader, test_loader, epochs: int, start_epoch: int = 0) -> list[dict]:
@@ -247,8 +256,12 @@ class Trainer:
                          schedule=None if self.schedule is None else self.schedule.state_dict())
         save_checkpoint(out / "checkpoint.npz", **arguments)
         self.checkpoint_epoch = epoch
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(epoch)
+        # best.npz follows the history's best (the first maximum, as max() and the reports find it), not
+        # "whether a best.npz exists": on a resume into another folder the best may be a resumed epoch
         best_before = max((row["test_acc"] for row in self.history[:-1]), default=-1.0)
-        if self.history[-1]["test_acc"] > best_before or not (out / "best.npz").exists():
+        if self.history[-1]["test_acc"] > best_before:
             save_checkpoint(out / "best.npz", **arguments)
         try:
             layer_stats = None if self.layer_stats is None else self.layer_stats.as_dict()

@@ -5,8 +5,11 @@
     result.history[-1]["test_acc"], result.folder, result.best_epoch
 
 In order: check the settings (and the checkpoint when resuming), claim the run folder (a
-lock; never another run's files, unless ``overwrite``), make the backend, data, model,
-optimizer and schedule (prepare.py), then let the Trainer train, save and draw each epoch.
+lock; never another run's files, unless ``overwrite``, and never a file that is no run's),
+make the backend, data, model, optimizer and schedule (prepare.py), then let the Trainer
+train, save and draw each epoch. The files of a run that ``overwrite`` replaces are set
+aside (set_aside.py) until the new run has saved its first epoch, and put back if it fails
+or is interrupted before that.
 """
 from __future__ import annotations
 
@@ -22,9 +25,19 @@ from ..errors import CheckpointError, XpnetError, setting
 from ..loop.layer_stats import LayerStats
 from ..loop.trainer import Evaluation, Trainer
 from ..saving.checkpoint import read_header
+from .best_file import seed_best_file
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
 from .config import RESUMED_SETTINGS, RunConfig
-from .folder import FolderInUseError, RunFolder, check_new_run, check_resume_target, claim
+from .folder import (
+    RUN_FILES,
+    FolderInUseError,
+    RunFolder,
+    check_new_run,
+    check_resume_target,
+    check_run_file_kinds,
+    check_strangers,
+    claim,
+)
 from .prepare import (
     choose_backend,
     load_training_data,
@@ -37,6 +50,7 @@ from .prepare import (
     out_of_memory_advice,
     planned_schedule,
 )
+from .set_aside import SetAside, recover
 
 
 @dataclass
@@ -98,13 +112,18 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     if checkpoint is not None and checkpoint.epoch >= config.epochs:
         raise XpnetError(f"{chosen.resume} already holds {checkpoint.epoch} epochs; "
                          f"pass {setting('epochs')} greater than {checkpoint.epoch} to train further")
-    folder, trainer, interrupted = None, None, False
+    folder, trainer, interrupted, aside = None, None, False, None
     try:
-        folder, replaced = claim_output_folder(chosen, config, checkpoint)
+        folder, replaced, recovered = claim_output_folder(chosen, config, checkpoint)
+        aside = SetAside(folder.path)
         found = file_identity(folder.path / "checkpoint.npz")  # another run's, or the resumed run's own
         if folder.stale_lock_of:
             log(f"note: {folder.path} had a stale lock of process {folder.stale_lock_of}, which has ended; taking it over")
-        trainer, train_loader, test_loader, start_epoch = prepared_trainer(chosen, config, checkpoint, folder, replaced, log)
+        if recovered:
+            log(f"note: put back {', '.join(recovered)} in {folder.path}, which an interrupted {setting('overwrite')} "
+                f"had set aside before the new run saved an epoch")
+        trainer, train_loader, test_loader, start_epoch = prepared_trainer(chosen, config, checkpoint, folder, replaced,
+                                                                           aside, log)
         with np_quiet(), out_of_memory_advice("training", f"try a smaller {setting('batch_size')}"):
             trainer.fit(train_loader, test_loader, config.epochs, start_epoch=start_epoch)
         interrupted = trainer.interrupted
@@ -115,6 +134,8 @@ def train(config: RunConfig, *, log=None) -> RunResult:
         saved_epoch = None
         if folder is not None:
             try:
+                if aside is not None and aside.pending:  # the new run saved no epoch: the old one comes back
+                    _restore(aside, log)
                 path = folder.path / "checkpoint.npz"
                 if file_identity(path) != found or (checkpoint is not None and "checkpoint.npz" not in replaced):
                     saved_epoch = epoch_saved_in(path)  # written by this run, or an earlier state of it
@@ -127,9 +148,10 @@ def train(config: RunConfig, *, log=None) -> RunResult:
                      best_epoch=best["epoch"], evaluation=trainer.last_evaluation, config=config)
 
 
-def claim_output_folder(chosen: RunConfig, config: RunConfig, checkpoint) -> tuple[RunFolder, list[str]]:
-    """``(folder, replaced)``: the run folder, locked for this process and checked to lose no
-    other run, and the names of the files of another run in it that ``overwrite`` replaces."""
+def claim_output_folder(chosen: RunConfig, config: RunConfig, checkpoint) -> tuple[RunFolder, list[str], list[str]]:
+    """``(folder, replaced, recovered)``: the run folder, locked for this process and checked to lose no
+    other run, the names of the files of another run in it that ``overwrite`` replaces, and those of
+    the files an interrupted overwrite had set aside that were put back (set_aside.recover)."""
     if chosen.out is None and checkpoint is None:  # a fresh default name: runs/<model>-<timestamp>[-n]
         base = Path("runs") / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         for attempt in range(1, 100):
@@ -141,12 +163,15 @@ def claim_output_folder(chosen: RunConfig, config: RunConfig, checkpoint) -> tup
             except FolderInUseError:  # another run took this name a moment ago
                 continue
             if folder.created(candidate):
-                return folder, []
+                return folder, [], []
             folder.release()
         raise XpnetError(f"found no free folder name like {base}; choose one with {setting('out')}")
     out = Path(chosen.out).expanduser() if chosen.out is not None else Path(chosen.resume).parent
     folder = claim(out)
     try:
+        check_run_file_kinds(folder)  # a link, a folder or a FIFO at a run file's name: before anything reads it
+        recovered = recover(folder.path, list(RUN_FILES))
+        check_strangers(folder)  # a file at a run file's name that is no run's: never replaced
         if checkpoint is None:
             check_new_run(folder, chosen.overwrite)
             replaced = folder.run_files()  # with overwrite; without it, check_new_run refused them
@@ -155,10 +180,11 @@ def claim_output_folder(chosen: RunConfig, config: RunConfig, checkpoint) -> tup
     except BaseException:
         folder.release()
         raise
-    return folder, replaced
+    return folder, replaced, recovered
 
 
-def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: RunFolder, replaced: list[str], log):
+def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: RunFolder, replaced: list[str],
+                     aside: SetAside, log):
     """Backend, data, model and optimizer: ``(trainer, train_loader, test_loader, start_epoch)`` ready to fit."""
     backend = choose_backend(config.device, log)
     interrupts.check()
@@ -189,19 +215,42 @@ def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: R
     what = f"resuming at epoch {start_epoch + 1}" if checkpoint else "training"
     log(f"{what}: {config.model} on {backend.name} ({config.dtype}), {optimizer!r}, batch {config.batch_size}, "
         f"{config.epochs} epochs; writing to {folder.path}")
-    if replaced:  # overwrite, only now that all is ready: an error above has destroyed nothing
-        removed = folder.remove_run_files(replaced)
-        log(f"{setting('overwrite')}: removed the other run's {', '.join(removed)} from {folder.path}")
+    aside.move(replaced)  # overwrite, only now that all is ready: an error above has touched nothing
+    first_save = True
+
+    def checkpoint_saved(epoch: int) -> None:
+        """The new run's first checkpoint is on disk: the old run's files can go, and best.npz begin."""
+        nonlocal first_save
+        if not first_save:
+            return
+        first_save = False
+        removed = aside.discard()
+        if removed:
+            log(f"{setting('overwrite')}: removed the other run's {', '.join(removed)} from {folder.path}")
+        if checkpoint is not None:  # before the trainer compares this epoch with the best so far
+            seed_best_file(folder.path, Path(chosen.resume), checkpoint.history, log)
 
     layer_stats = LayerStats(model, backend, config.layer_stats) if config.layer_stats else None
     trainer = Trainer(model, optimizer, backend, out_dir=folder.path, config=saved, progress=not config.quiet,
-                      log=log, schedule=schedule, layer_stats=layer_stats)
+                      log=log, schedule=schedule, layer_stats=layer_stats, on_checkpoint=checkpoint_saved)
     trainer.history = history
     if checkpoint is not None:  # the schedule's position; checkpoints from before steps were saved: whole epochs
         trainer.step = int(checkpoint.meta.get("step", start_epoch * len(train_loader)))
         if layer_stats is not None:  # the statistics recorded before the resume stay in metrics.json
             layer_stats.continue_from(saved_layer_stats(folder.path / "metrics.json"), trainer.step)
     return trainer, interrupts.StopOnSignal(train_loader), interrupts.StopOnSignal(test_loader), start_epoch
+
+
+def _restore(aside: SetAside, log) -> None:
+    """Put back the files of the run that overwrite was replacing, and say so (or where they are left)."""
+    names, where = list(aside.names), aside.aside
+    left = aside.restore()
+    back = [name for name in names if name not in left]
+    if back:
+        log(f"{setting('overwrite')}: the new run saved no epoch, so the other run's {', '.join(back)} "
+            f"are back in {aside.folder}")
+    if left:
+        log(f"warning: could not put back {', '.join(left)}; they are in {where}")
 
 
 def saved_layer_stats(path: Path) -> dict | None:

@@ -7,7 +7,12 @@ live in one folder, and this module keeps that folder safe:
   so that a second process cannot write there at the same time. The lock is an advisory
   ``flock`` on the file ``.xpnet.lock``; the system drops it when the process ends, however
   it ends, so a lock file left by a killed process is recognised as stale and taken over.
-* A new run refuses a folder that already holds a run, unless told to overwrite it.
+* Only regular files are read or replaced: a run file's name (or the lock's) taken by a link,
+  a folder, a FIFO or a device is refused before anything is read or written (see
+  ``training.saving.regular_files``), and a file at a run file's name that is not a run's (by
+  its content, see ownership.py) is never replaced, not even with ``overwrite``.
+* A new run refuses a folder that already holds a run, unless told to overwrite it; then the
+  old run's files are set aside until the new run has saved an epoch (set_aside.py).
 * A resumed run accepts only a folder whose run is an earlier state of the checkpoint it
   resumes (each of its files' histories a prefix of the checkpoint's), so a resume never
   rolls a checkpoint back, and never mixes two runs in one folder.
@@ -26,6 +31,8 @@ from pathlib import Path
 
 from ..errors import CheckpointError, XpnetError, setting
 from ..saving.checkpoint import read_header
+from ..saving.regular_files import check_regular, kind_of, open_regular
+from .ownership import foreign
 
 try:
     import fcntl
@@ -58,13 +65,6 @@ class RunFolder:
     def run_files(self) -> list[str]:
         """The run files present in the folder."""
         return present_run_files(self.path)
-
-    def remove_run_files(self, names=RUN_FILES) -> list[str]:
-        """Delete those of the run files ``names`` that are present; returns the names deleted."""
-        removed = [name for name in self.run_files() if name in names]
-        for name in removed:
-            (self.path / name).unlink()
-        return removed
 
     def release(self) -> None:
         """Unlock the folder; remove the folders claim() created if they are still empty."""
@@ -106,7 +106,24 @@ def _remove_if_empty(created: list[Path]) -> None:
 
 def present_run_files(folder: Path) -> list[str]:
     """The names of RUN_FILES that exist in ``folder``."""
-    return [name for name in RUN_FILES if (Path(folder) / name).exists()]
+    return [name for name in RUN_FILES if os.path.lexists(Path(folder) / name)]  # a dangling link is there too
+
+
+def check_run_file_kinds(folder: RunFolder) -> None:
+    """Refuse a folder where a run file's name is taken by a link, a folder, a FIFO or a device:
+    a run would write through it, fail on it, or block on it. Checked before anything is read."""
+    for name in RUN_FILES:
+        check_regular(folder.path / name, f"move it away, or choose another {setting('out')}")
+
+
+def check_strangers(folder: RunFolder) -> None:
+    """Refuse a folder where a file at a run file's name is not a run's (ownership.py): no run may replace it."""
+    for name in folder.run_files():
+        what = foreign(folder.path / name)
+        if what is not None:
+            raise XpnetError(f"{folder.path / name} is {what}, so no run's; a run there would replace it, "
+                             f"so xpnet leaves it alone ({setting('overwrite')} replaces only a run's files): "
+                             f"move it away, or choose another {setting('out')}")
 
 
 def check_new_run(folder: RunFolder, overwrite: bool) -> None:
@@ -148,7 +165,7 @@ def resume_conflicts(folder: RunFolder, source: Path, source_history: list) -> l
         if _same_file(path, source):
             continue
         history = read_history(path)
-        if history is None or not _is_prefix(history, source_history):
+        if history is None or not is_prefix(history, source_history):
             conflicts.append((name, _resume_conflict(folder.path, name, history, source, source_history)))
     if present and not identified:
         conflicts += [(name, f"{folder.path} holds files of a run ({', '.join(present)}) but no checkpoint or metrics.json "
@@ -162,7 +179,7 @@ def _resume_conflict(folder: Path, name: str, history: list | None, source: Path
     if history is None:
         return (f"{target} cannot be read, so it may hold another run that resuming {source} there would replace: "
                 f"choose another {setting('out')}, or pass {setting('overwrite')} to replace it")
-    if _is_prefix(source_history, history):
+    if is_prefix(source_history, history):
         hint = "" if name != "checkpoint.npz" else f"resume from {target} instead, "
         return (f"{target} holds epoch {len(history)} of this run, more than {source} (epoch {len(source_history)}); "
                 f"resuming from there would roll it back: {hint}write the resumed run to another {setting('out')}, "
@@ -184,7 +201,7 @@ def read_history(path: Path) -> list | None:
         return None
 
 
-def _is_prefix(short: list, long: list) -> bool:
+def is_prefix(short: list, long: list) -> bool:
     """Whether ``short`` is the first rows of ``long`` (rows compared as JSON, so NaN equals NaN)."""
     canonical = lambda row: json.dumps(row, sort_keys=True)  # noqa: E731
     return len(short) <= len(long) and all(canonical(a) == canonical(b) for a, b in zip(short, long))
@@ -208,7 +225,9 @@ def _make_folders(path: Path) -> list[Path]:
             break
         folder = folder.parent
     if not folder.is_dir() and folder not in missing:
-        raise XpnetError(f"cannot create the output folder {path}: {folder} is a file, not a folder; choose another with {setting('out')}")
+        what = kind_of(folder) or "a file"  # a dangling link, a FIFO ...
+        raise XpnetError(f"cannot create the output folder {path}: {folder} is {what}, not a folder; "
+                         f"choose another with {setting('out')}")
     created = []
     for folder in reversed(missing):
         try:
@@ -225,9 +244,10 @@ def _make_folders(path: Path) -> list[Path]:
 def _lock(folder: Path) -> tuple[int, int | None]:
     """Take the lock of ``folder``: (its open descriptor, the pid of a stale lock it replaced or None)."""
     path = folder / LOCK_NAME
+    advice = f"remove it (xpnet makes its lock file itself), or choose another {setting('out')}"
     while True:
         try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            descriptor = open_regular(path, os.O_RDWR | os.O_CREAT, advice)  # never through a link, never a FIFO
         except OSError as exc:
             raise XpnetError(f"the output folder {folder} is not writable: {exc.strerror or exc}; choose another with {setting('out')}") from exc
         if fcntl is None:
@@ -250,16 +270,19 @@ def _lock(folder: Path) -> tuple[int, int | None]:
     try:
         os.ftruncate(descriptor, 0)
         os.write(descriptor, f"{os.getpid()}\n".encode())
-    except BaseException:  # a full disk, say: give the lock up again, leaving no file behind
+    except BaseException as exc:  # a full disk, say: give the lock up again, leaving no file behind
         os.unlink(path)
         os.close(descriptor)
+        if isinstance(exc, OSError):
+            raise XpnetError(f"cannot write the lock file {path}: {exc.strerror or exc}; free some disk space, "
+                             f"or choose another {setting('out')}") from exc
         raise
     return descriptor, stale
 
 
 def _is_same_descriptor(descriptor: int, path: Path) -> bool:
     try:
-        on_disk = os.stat(path)
+        on_disk = os.lstat(path)
     except FileNotFoundError:
         return False
     mine = os.fstat(descriptor)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from .. import interrupts
+from .regular_files import check_regular
 
 
 def write_atomically(path: Path, write: Callable[[IO], None], text: bool = False) -> None:
@@ -19,9 +20,15 @@ def write_atomically(path: Path, write: Callable[[IO], None], text: bool = False
     untouched. A stop signal that arrives meanwhile (see ``training.interrupts``) lets the
     file be finished first. The file gets the permissions of any new file (0666 less the
     umask), not the owner-only 0600 of a temporary file.
+
+    Only a regular file at ``path`` is replaced: a link, a folder, a FIFO or a device there
+    raises NotARegularFile (regular_files.py) before anything is written. The temporary file
+    is created with O_EXCL (``mkstemp``), which follows no link, and the rename replaces the
+    name itself, never what a link at it points to.
     """
     path = Path(path)
     folder = path.parent
+    check_regular(path, "move it away, or write to another folder")
     with interrupts.deferred():
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
         try:
@@ -29,7 +36,7 @@ def write_atomically(path: Path, write: Callable[[IO], None], text: bool = False
                 write(stream)
                 stream.flush()
                 os.fsync(stream.fileno())
-            os.chmod(temporary, new_file_mode())
+                _set_mode(stream.fileno(), temporary)
             os.replace(temporary, path)
         except BaseException:
             try:
@@ -38,6 +45,14 @@ def write_atomically(path: Path, write: Callable[[IO], None], text: bool = False
                 pass
             raise
         _fsync_folder(folder)
+
+
+def _set_mode(descriptor: int, temporary: str) -> None:
+    """Give the open temporary file the mode of a new file (by its descriptor: no name to be swapped meanwhile)."""
+    if os.chmod in os.supports_fd:
+        os.chmod(descriptor, new_file_mode())
+    else:  # Windows
+        os.chmod(temporary, new_file_mode())
 
 
 def new_file_mode() -> int:
