@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import DataError
 from ..saving.atomic import write_atomically
 from . import glyphs
 from .imageset import ImageSet
@@ -113,8 +114,12 @@ def make_synthetic_test(n_test: int = 5_000, seed: int = 0, n_train: int | None 
 
 
 def default_cache_dir() -> Path:
-    """$XPNET_CACHE if set, else ~/.cache/xpnet."""
-    return Path(os.environ.get("XPNET_CACHE") or Path.home() / ".cache" / "xpnet").expanduser()
+    """$XPNET_CACHE if set, else ~/.cache/xpnet; DataError if ``~user`` in it names no user."""
+    try:
+        return Path(os.environ.get("XPNET_CACHE") or Path.home() / ".cache" / "xpnet").expanduser()
+    except RuntimeError:  # Path.expanduser or Path.home: no such user, or no home folder
+        raise DataError(f"cannot expand XPNET_CACHE = {os.environ.get('XPNET_CACHE', '')!r} (no such user or no home "
+                        "folder): set XPNET_CACHE to a folder, or unset it") from None
 
 
 def cache_path(n_train: int, n_test: int, seed: int, cache_dir=None) -> Path:
