@@ -14,9 +14,9 @@ name each setting as the flag that sets it (``--lr``), here.
 
 Mistakes a user can make end in one line ``error: ...`` on stderr and exit code 2. Ctrl-C
 or SIGTERM, at any moment, ends the run with exit code 130 and keeps every completed
-epoch (training/interrupts.py). A closed standard output (``| head``) stops the printing,
-not the training (training/run/streams.py). A run folder belongs to one run
-(training/run/folder.py).
+epoch (training/interrupts.py). A closed or failing standard output or error (``| head``, a
+full disk) stops the printing, not the training, and any encoding works
+(training/run/streams.py). A run folder belongs to one run (training/run/folder.py).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ from training.run.config import (  # noqa: E402
     expanded,
 )
 from training.run.prepare import check_environment  # noqa: E402
-from training.run.streams import readers_may_leave  # noqa: E402
+from training.run.streams import readers_may_leave, report_failures  # noqa: E402
 
 
 # -- the flags --------------------------------------------------------------------------------------
@@ -89,7 +89,7 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
         prog="python cli.py",
         description="Train, evaluate and use xpnet's MLP, LNet and CNN on SVHN-style digit images.",
         epilog="Exit codes: 0 done; 2 an error (one 'error:' line on stderr); 130 interrupted (Ctrl-C or SIGTERM: "
-               "every completed epoch is kept); 1 --evaluate or --predict output cut short by a closed pipe.",
+               "every completed epoch is kept); 1 --evaluate or --predict output cut short by a closed pipe or a full disk.",
     )
     what = _flag_group(parser, "what to run", table)
     what("--model", choices=RULES["model"].choices, help=f"network (default {RunConfig.DEFAULTS['model']})")
@@ -234,10 +234,15 @@ def main(argv=None) -> int:
     """
     interrupts.catch_signals(received=_signals_at_start[0] if _signals_at_start else None)
     try:
-        with readers_may_leave() as (stdout, _), interrupts.quiet_unraisable():
-            code, command = run(argv)
+        with readers_may_leave() as (stdout, stderr), interrupts.quiet_unraisable():
+            try:
+                code, command = run(argv)
+            finally:  # what is still buffered fails now or never; then one line on why a stream stopped
+                stdout.flush()
+                stderr.flush()
+                report_failures(stdout, stderr)
             if code == 0 and stdout.reader_left and command in ("evaluate", "predict"):
-                return 1  # the reader of the output left early: Python's own exit code on EPIPE
+                return 1  # the output was cut short (its reader left, or its disk filled): Python's own exit code on EPIPE
             return code
     except KeyboardInterrupt:  # in the moment before run() took over
         interrupts.shutting_down()
