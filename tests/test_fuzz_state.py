@@ -317,3 +317,12 @@ def test_an_unknown_user_in_xpnet_cache_is_one_error(monkeypatch, capsys, tmp_pa
     code, _, err = run(TINY + ["--epochs", "1", "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and "XPNET_CACHE" in one_error_line(err) and "no-such-user-xpnet" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["/dev/zero", "FIFO"])
+def test_a_special_file_as_an_image_to_predict_is_one_error_never_a_hang(kind, special_files, runs, capsys):
+    path, words = special_files[kind]
+    start = time.perf_counter()
+    code, _, err = run(["--predict", str(path), "--checkpoint", str(runs["adam"] / "best.npz"), "--device", "cpu"], capsys)
+    assert code == 2 and f"{path} is {words}" in one_error_line(err) and "not an image file" in err
+    assert time.perf_counter() - start < 5

@@ -63,6 +63,7 @@ class Rule:
     inclusive: bool = True
     below: float | None = None
     maximum: float | None = None
+    maximum_text: str = ""  # how messages write ``maximum`` (default: as Python does)
     path: bool = False
     flag: bool = False
 
@@ -72,9 +73,10 @@ class Rule:
             value = float(text) if self.kind is float else whole_number(text)
         except ValueError:
             raise ValueError(f"expected {'a whole number' if self.kind is int else 'a number'}, got {text!r}") from None
+        if self.maximum is not None and value > self.maximum:  # a number past the most this setting can honour
+            raise ValueError(f"must be at most {self.maximum_text or self.maximum}, got {text}")
         in_range = (value >= self.minimum if self.inclusive else value > self.minimum) and \
-            value < (math.inf if self.below is None else self.below) and \
-            (self.maximum is None or value <= self.maximum)
+            value < (math.inf if self.below is None else self.below)
         if not in_range:  # also NaN, which no comparison accepts
             raise ValueError(f"must be {self.description}, got {text}")
         return value
@@ -135,15 +137,15 @@ MAX_SEED = 2**63 - 1  # NumPy's generators and the cache's file names take any s
 MAX_WEIGHT_DECAY = 1e4  # beyond, λθ and its square overflow float32 in Adam's L2 gradient
 MAX_EVERY = 10**9  # --layer-stats: every this many steps (more than any run takes)
 
-EPOCHS = Rule(kind=int, minimum=1, maximum=MAX_EPOCHS, description=f"at least 1 and at most {MAX_EPOCHS}")
-BATCH = Rule(kind=int, minimum=1, maximum=MAX_BATCH, description=f"at least 1 and at most {MAX_BATCH}")
-IMAGES = Rule(kind=int, minimum=1, maximum=MAX_IMAGES, description=f"at least 1 and at most {MAX_IMAGES}")
-SEED = Rule(kind=int, minimum=0, maximum=MAX_SEED, description=f"zero or positive, at most 2**63 - 1 = {MAX_SEED}")
-NON_NEGATIVE_INT = Rule(kind=int, minimum=0, maximum=MAX_EVERY, description=f"zero or positive, at most {MAX_EVERY}")
+EPOCHS = Rule(kind=int, minimum=1, maximum=MAX_EPOCHS, description="at least 1")
+BATCH = Rule(kind=int, minimum=1, maximum=MAX_BATCH, description="at least 1")
+IMAGES = Rule(kind=int, minimum=1, maximum=MAX_IMAGES, description="at least 1")
+SEED = Rule(kind=int, minimum=0, maximum=MAX_SEED, description="zero or positive", maximum_text=f"2**63 - 1 = {MAX_SEED}")
+NON_NEGATIVE_INT = Rule(kind=int, minimum=0, maximum=MAX_EVERY, description="zero or positive")
 POSITIVE_FLOAT = Rule(kind=float, minimum=0.0, description="a positive number", inclusive=False)  # and finite
 NON_NEGATIVE_FLOAT = Rule(kind=float, minimum=0.0, description="zero or positive")
 WEIGHT_DECAY = Rule(kind=float, minimum=0.0, maximum=MAX_WEIGHT_DECAY,
-                    description=f"zero or positive, at most {MAX_WEIGHT_DECAY:g}")
+                    description="zero or positive", maximum_text=f"{MAX_WEIGHT_DECAY:g}")
 MOMENTUM = Rule(kind=float, minimum=0.0, below=1.0,
                 description="at least 0 and below 1 (at 1 or more, SGD's steps grow without bound)")
 PROBABILITY = Rule(kind=float, minimum=0.0, below=1.0, description="a probability in [0, 1)")

@@ -21,6 +21,7 @@ from .. import interrupts
 from ..errors import CheckpointError, XpnetError, setting
 from ..loop.layer_stats import LayerStats
 from ..loop.trainer import Evaluation, Trainer
+from ..regular_files import NotARegularFile, open_regular
 from ..saving.checkpoint import read_header
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
 from .config import RESUMED_SETTINGS, RunConfig
@@ -37,6 +38,8 @@ from .prepare import (
     out_of_memory_advice,
     planned_schedule,
 )
+
+METRICS_LIMIT = 2**30  # bytes of a metrics.json read back on resume (its layer statistics); a larger one is not a run's
 
 
 @dataclass
@@ -207,8 +210,9 @@ def prepared_trainer(chosen: RunConfig, config: RunConfig, checkpoint, folder: R
 def saved_layer_stats(path: Path) -> dict | None:
     """The ``layer_stats`` of a run's metrics.json, or None (none recorded, or no readable file)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("layer_stats")
-    except (OSError, ValueError, AttributeError):
+        with open_regular(path, limit=METRICS_LIMIT) as stream:  # not a FIFO, a device or a huge file
+            return json.loads(stream.read().decode("utf-8")).get("layer_stats")
+    except (OSError, NotARegularFile, ValueError, AttributeError):
         return None
 
 

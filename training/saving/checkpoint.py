@@ -24,8 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError, setting
+from ..regular_files import NotARegularFile, open_regular
 from .atomic import write_atomically
 
 FORMAT_VERSION = 1
@@ -383,32 +382,21 @@ def model_size(name: str) -> int:
 @contextmanager
 def _opened_regular_file(path: Path):
     """``path`` opened for reading as a binary stream, if it is a regular file; a CheckpointError
-    otherwise. Opened without blocking, so a FIFO cannot hang the program, and refused by its
-    type after opening, so /dev/zero is never read."""
+    otherwise (training/regular_files.py: a FIFO cannot hang the program, /dev/zero is never read)."""
     try:
-        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        stream = open_regular(path)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist; pass the checkpoint.npz or best.npz of a run") from None
-    except IsADirectoryError:  # Windows; on POSIX a folder opens and fstat tells
-        descriptor = None
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
-    kind = stat.S_IFDIR if descriptor is None else stat.S_IFMT(os.fstat(descriptor).st_mode)
-    if kind != stat.S_IFREG:
-        if descriptor is not None:
-            os.close(descriptor)
-        if kind == stat.S_IFDIR:
+    except NotARegularFile as exc:
+        if exc.kind == "a folder":
             inside = [name for name in ("checkpoint.npz", "best.npz") if (path / name).is_file()]
             hint = f"; did you mean {path / inside[0]}?" if inside else "; pass the checkpoint.npz or best.npz of a run"
-            raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
-        raise CheckpointError(f"{path} is {_FILE_KINDS.get(kind, 'not a regular file')}, not a checkpoint file; "
-                              "pass the checkpoint.npz or best.npz of a run")
-    with os.fdopen(descriptor, "rb") as stream:
+            raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}") from None
+        raise CheckpointError(f"{path} is {exc.kind}, not a checkpoint file; pass the checkpoint.npz or best.npz of a run") from None
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+    with stream:
         yield stream
-
-
-_FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFIFO: "a FIFO (named pipe)",
-               stat.S_IFSOCK: "a socket"}
 
 
 def _checked_header(path: Path, contents: dict[str, np.ndarray]) -> dict:
