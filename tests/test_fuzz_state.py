@@ -86,6 +86,10 @@ def entry(name, value, index=0):
     return change
 
 
+def layer_step(index, value):
+    return lambda meta, arrays: meta["layer_state"][index].__setitem__("step", value)
+
+
 below = math.nextafter
 # (run, what is edited, the value at its bound (accepted), one past it (refused), words of the refusal)
 BOUNDS = {
@@ -115,6 +119,7 @@ BOUNDS = {
                         "buffer/1.running_var holds negative values"),
     "cnn running_var nan": ("cnn", entry, "buffer/4.running_var", np.finfo(np.float32).max, np.nan,
                             "buffer/4.running_var holds NaN or infinite"),
+    "cnn dropout step": ("cnn", layer_step, "22", 0, -1, "layer_state of layer 22 has step = -1"),
     "cnn running_mean": ("cnn", entry, "buffer/1.running_mean", -np.finfo(np.float32).max, -np.inf,
                          "buffer/1.running_mean holds NaN or infinite"),
 }

@@ -20,6 +20,7 @@ optimizer betas                        two numbers in [0, 1)
 optimizer eps                          (0, 1]
 optimizer nesterov, amsgrad            true or false
 optim/<i>/step                         a whole number >= 0
+layer_state <layer> step (Dropout)     a whole number >= 0
 optim/<i>/exp_avg, momentum_buffer     finite
 optim/<i>/exp_avg_sq, max_exp_avg_sq   finite and >= 0 (means of squares)
 buffer/<layer>.running_mean            finite
@@ -42,9 +43,13 @@ _EDITED = "the file was edited or damaged: use another checkpoint (best.npz or c
 
 def check_saved_state(checkpoint, command: str) -> None:
     """Refuse saved state out of range: the running statistics for every command, the
-    optimizer's hyperparameters and state also when resuming (``command`` "resume")."""
+    optimizer's hyperparameters and state and the layers' step counts also when resuming
+    (``command`` "resume")."""
     for name, array in checkpoint.buffers.items():
         check_buffer(checkpoint.path, name, array)
+    if command == "resume":
+        for index, state in checkpoint.meta.get("layer_state", {}).items():
+            check_layer_state(checkpoint.path, index, state)
     saved = checkpoint.meta.get("optimizer")
     if command == "resume" and saved is not None:
         check_hyperparameters(checkpoint.path, saved["name"], saved["hyper"], scheduled=checkpoint.schedule is not None)
@@ -60,6 +65,15 @@ def check_buffer(path, name: str, array: np.ndarray) -> None:
         raise CheckpointError(f"{path}: {entry} holds NaN or infinite values; {_EDITED}")
     if name.endswith("running_var") and (array < 0).any():
         raise CheckpointError(f"{path}: {entry} holds negative values, and a variance is never negative; {_EDITED}")
+
+
+def check_layer_state(path, index: str, state: dict) -> None:
+    """A layer's host-side state: a step count (Dropout's, the key of its random masks) is a whole number >= 0.
+    Other keys are the layer's own to check (``load_layer_state``)."""
+    step = state.get("step", 0)
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f"{path}: layer_state of layer {index} has step = {step!r}, expected a whole number >= 0 "
+                              f"(the steps the layer has taken); {_EDITED}")
 
 
 def check_optimizer_entry(path, entry: str, key: str, value: np.ndarray) -> None:
