@@ -114,7 +114,7 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
     optim("--schedule", choices=RULES["schedule"].choices,
                        help="learning rate per batch: constant (the default), step (x0.1 at 50%% and 75%% of the steps), "
                             "cosine (to 0), onecycle (torch's OneCycleLR with max_lr = --lr)")
-    optim("--dropout", type=typed("dropout"), help="dropout probability of the cnn (default 0.3)")
+    optim("--dropout", type=typed("dropout"), help="dropout probability of the cnn, in [0, 1) (default 0.3)")
     optim("--augment", action="store_true", default=None,
                        help=f"shift each training image by up to {MAX_SHIFT} pixels each way, at random (edges repeated)")
 

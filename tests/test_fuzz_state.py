@@ -331,3 +331,10 @@ def test_a_special_file_as_an_image_to_predict_is_one_error_never_a_hang(kind, s
     code, _, err = run(["--predict", str(path), "--checkpoint", str(runs["adam"] / "best.npz"), "--device", "cpu"], capsys)
     assert code == 2 and f"{path} is {words}" in one_error_line(err) and "not an image file" in err
     assert time.perf_counter() - start < 5
+
+
+def test_the_header_itself_is_bounded(runs, tmp_path, monkeypatch):
+    """The header is read first, so it has a limit of its own (1 GiB; here lowered to 1000 bytes to test it)."""
+    monkeypatch.setattr("training.saving.checkpoint.HEADER_LIMIT", ((), 1000))
+    with pytest.raises(CheckpointError, match=r"entry 'meta' would unpack to .* more than the 1000 bytes allowed"):
+        checked_checkpoint(runs["adam"] / "checkpoint.npz", "resume", RunConfig())

@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 # What the trainer writes for each epoch; metrics.json holds the same rows.
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds")
 # Bounds on what a checkpoint may ask the reader to unpack (see load_checkpoint).
-HEADER_LIMIT = ((), 2**28)  # the header: one text of at most 256 MiB (2**26 characters of 4 bytes)
+HEADER_LIMIT = ((), 2**30)  # the header: one text of at most 1 GiB (4 bytes a character; 10**6 epochs of history: 0.8 GiB)
 NPY_HEADER_LIMIT = 2**16  # bytes of an entry's .npy header (numpy itself reads at most 10 000)
 MAX_ITEMSIZE = 8  # bytes per number: float64, int64
 MAX_NUMBERS = 2**28  # parameters and buffers of a model xpnet does not register (1 GiB of float32)
@@ -251,8 +251,8 @@ class Checkpoint:
 def load_checkpoint(path) -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; anything else is a CheckpointError.
 
-    Nothing is unpacked before it is known to fit: the header first (at most
-    ``HEADER_LIMIT`` bytes), then each entry's size in the zip directory and its .npy
+    Nothing is unpacked before it is known to fit: the header first (at most 1 GiB,
+    ``HEADER_LIMIT``), then each entry's size in the zip directory and its .npy
     header against the shapes the header lists, which a registered model bounds. A small
     file that would inflate to gigabytes is refused in milliseconds.
     """
@@ -280,6 +280,9 @@ def _read_entries(path: Path, header_only: bool = False) -> dict[str, np.ndarray
         try:
             with np.load(stream, allow_pickle=False) as archive:
                 directory = {info.filename: info for info in archive.zip.infolist()}
+                for filename, info in directory.items():  # first of all: refuse pickles, whatever else is wrong
+                    if filename.endswith(".npy") and _npy_header(path, archive, info)[1].hasobject:
+                        raise CheckpointError(f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one")
                 contents = {"meta": _read_entry(path, archive, directory, "meta", HEADER_LIMIT)} if "meta.npy" in directory else {}
                 if header_only or "meta" not in contents:
                     return contents
@@ -320,20 +323,27 @@ def _read_entry(path: Path, archive, directory: dict, name: str, limit: tuple[tu
     info = directory[name + ".npy"]
     if info.file_size > most + NPY_HEADER_LIMIT:
         raise CheckpointError(f"{path}: entry {name!r} would unpack to {_size(info.file_size)}, more than the "
-                              f"{_size(most)} its header allows; {_EDITED}")
+                              f"{_size(most)} allowed; {_EDITED}")
+    stored_shape, dtype = _npy_header(path, archive, info)
+    if shape is not None and tuple(stored_shape) != tuple(shape):
+        raise CheckpointError(f"{path}: entry {name!r} holds {dtype} of shape {stored_shape}, where its header lists "
+                              f"shape {tuple(shape)}; {_EDITED}")
+    if math.prod(stored_shape) * dtype.itemsize > most:
+        raise CheckpointError(f"{path}: entry {name!r} would unpack to {_size(math.prod(stored_shape) * dtype.itemsize)} "
+                              f"({dtype} of shape {stored_shape}), more than the {_size(most)} allowed; {_EDITED}")
+    return archive[name]
+
+
+def _npy_header(path: Path, archive, info) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the .npy header of archive member ``info``: only its first bytes are unpacked."""
     with archive.zip.open(info) as member:
         version = np.lib.format.read_magic(member)
         if version not in ((1, 0), (2, 0)):
-            raise CheckpointError(f"{path}: entry {name!r} is a .npy file of version {version}, which numpy.savez does not write; {_EDITED}")
+            raise CheckpointError(f"{path}: entry {info.filename!r} is a .npy file of version {version}, which "
+                                  f"numpy.savez does not write; {_EDITED}")
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        stored_shape, _, dtype = read_header(member)
-        if dtype.hasobject:
-            raise CheckpointError(f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one")
-        if (shape is not None and tuple(stored_shape) != tuple(shape)) or math.prod(stored_shape) * dtype.itemsize > most:
-            expected = f"shape {tuple(shape)}" if shape is not None else f"at most {_size(most)}"
-            raise CheckpointError(f"{path}: entry {name!r} holds {dtype} of shape {tuple(stored_shape)}, where its header "
-                                  f"allows {expected}; {_EDITED}")
-    return archive[name]
+        shape, _, dtype = read_header(member)
+    return tuple(shape), dtype
 
 
 def _size(nbytes: int) -> str:
