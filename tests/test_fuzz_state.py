@@ -338,3 +338,23 @@ def test_the_header_itself_is_bounded(runs, tmp_path, monkeypatch):
     monkeypatch.setattr("training.saving.checkpoint.HEADER_LIMIT", ((), 1000))
     with pytest.raises(CheckpointError, match=r"entry 'meta' would unpack to .* more than the 1000 bytes allowed"):
         checked_checkpoint(runs["adam"] / "checkpoint.npz", "resume", RunConfig())
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "bomb"])
+def test_a_special_or_oversized_synthetic_cache_file_is_regenerated(kind, tmp_path, capsys):
+    from training.data.synthetic import cache_path
+
+    path = cache_path(64, 32, 0)  # TINY's set, in this test's private cache
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "FIFO":
+        os.mkfifo(path)
+    else:
+        with zipfile.ZipFile(path, "w") as archive:
+            for name in ("train_images", "train_labels", "test_images", "test_labels"):
+                with archive.open(zipfile.ZipInfo(name + ".npy"), "w", force_zip64=True) as stream:
+                    stream.write(b"\0" * 2**16 * (1 + 4 * (name == "test_images")))  # too large for 32 images
+    start = time.perf_counter()
+    code, out, err = run(TINY + ["--epochs", "1", "--out", str(tmp_path / "run")], capsys)
+    assert code == 0, err
+    assert "is unreadable or does not match; regenerating it" in err and time.perf_counter() - start < 60
+    assert path.is_file()

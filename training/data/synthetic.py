@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..regular_files import open_regular
 from ..saving.atomic import write_atomically
 from . import glyphs
 from .imageset import ImageSet
@@ -104,8 +105,8 @@ def make_synthetic_test(n_test: int = 5_000, seed: int = 0, n_train: int | None 
         path = cache_path(n_train, n_test, seed, cache_dir)
         if path.exists():
             try:
-                with np.load(path, allow_pickle=False) as f:  # reads only the two test arrays
-                    test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
+                f = _cached_arrays(path, {"test_images": n_test * IMAGE_BYTES, "test_labels": n_test * 8})  # only these two
+                test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
                 if len(test) == n_test:
                     return test
             except Exception:  # truncated, corrupt or foreign file: make the test split below
@@ -140,13 +141,29 @@ def _fingerprint() -> str:
 # ---------------------------------------------------------------------------- cache
 
 
+IMAGE_BYTES = 3 * 32 * 32
+
+
+def _cached_arrays(path: Path, most: dict[str, int]) -> dict[str, np.ndarray]:
+    """The arrays ``most`` names from the cache file at ``path``, each read only if the zip directory
+    says it unpacks to at most its bytes (plus a .npy header); the file must be a regular file (no
+    FIFO, no device). ValueError or OSError otherwise: the caller regenerates the cache."""
+    with open_regular(path) as stream, np.load(stream, allow_pickle=False) as archive:
+        sizes = {info.filename: info.file_size for info in archive.zip.infolist()}
+        for name, limit in most.items():
+            if sizes.get(name + ".npy", 0) > limit + 2**16:
+                raise ValueError(f"{name} in {path} is larger than this cache's")
+        return {name: archive[name] for name in most}
+
+
 def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[ImageSet, ImageSet] | None:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as f:
-            train = ImageSet(f["train_images"], f["train_labels"], "synthetic-train")
-            test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
+        f = _cached_arrays(path, {"train_images": n_train * IMAGE_BYTES, "train_labels": n_train * 8,
+                                  "test_images": n_test * IMAGE_BYTES, "test_labels": n_test * 8})
+        train = ImageSet(f["train_images"], f["train_labels"], "synthetic-train")
+        test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
         if len(train) == n_train and len(test) == n_test:
             return train, test
     except Exception:  # truncated, corrupt or foreign file: regenerate below
