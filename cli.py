@@ -14,9 +14,9 @@ name each setting as the flag that sets it (``--lr``), here.
 
 Mistakes a user can make end in one line ``error: ...`` on stderr and exit code 2. Ctrl-C
 or SIGTERM, at any moment, ends the run with exit code 130 and keeps every completed
-epoch (training/interrupts.py). A closed standard output (``| head``) stops the printing,
-not the training (training/run/streams.py). A run folder belongs to one run
-(training/run/folder.py).
+epoch (training/interrupts.py). A closed or failing standard output or error (``| head``, a
+full disk) stops the printing, not the training, and any encoding works
+(training/run/streams.py). A run folder belongs to one run (training/run/folder.py).
 """
 from __future__ import annotations
 
@@ -38,9 +38,22 @@ from pathlib import Path  # noqa: E402
 from training import interrupts  # noqa: E402
 from training.errors import XpnetError, settings_named  # noqa: E402
 from training.run import RunConfig, RunInterrupted, evaluate, predict, train  # noqa: E402
-from training.run.config import COMMAND_PURPOSES, COMMAND_SETTINGS, EVALUATION_BATCH, MAX_SHIFT, NON_NEGATIVE_INT, RULES  # noqa: E402
+from training.run.config import (  # noqa: E402
+    COMMAND_PURPOSES,
+    COMMAND_SETTINGS,
+    EVALUATION_BATCH,
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_EVERY,
+    MAX_IMAGES,
+    MAX_SHIFT,
+    MAX_WEIGHT_DECAY,
+    NON_NEGATIVE_INT,
+    RULES,
+    expanded,
+)
 from training.run.prepare import check_environment  # noqa: E402
-from training.run.streams import readers_may_leave  # noqa: E402
+from training.run.streams import readers_may_leave, report_failures  # noqa: E402
 
 
 # -- the flags --------------------------------------------------------------------------------------
@@ -62,7 +75,10 @@ def path_argument(text: str) -> Path:
     """A file or folder name; ``~`` stands for the home folder also in ``--out=~/x``, where the shell leaves it."""
     if not text.strip():  # e.g. an unset shell variable: Path("") would silently mean the current folder
         raise argparse.ArgumentTypeError("expected a file or folder name, got an empty one")
-    return Path(text).expanduser()
+    try:
+        return expanded(text)
+    except ValueError as exc:  # ~nosuchuser/...
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
@@ -73,7 +89,7 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
         prog="python cli.py",
         description="Train, evaluate and use xpnet's MLP, LNet and CNN on SVHN-style digit images.",
         epilog="Exit codes: 0 done; 2 an error (one 'error:' line on stderr); 130 interrupted (Ctrl-C or SIGTERM: "
-               "every completed epoch is kept); 1 --evaluate or --predict output cut short by a closed pipe.",
+               "every completed epoch is kept); 1 --evaluate or --predict output cut short by a closed pipe or a full disk.",
     )
     what = _flag_group(parser, "what to run", table)
     what("--model", choices=RULES["model"].choices, help=f"network (default {RunConfig.DEFAULTS['model']})")
@@ -86,18 +102,19 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
 
     optim = _flag_group(parser, "optimisation", table)
     optim("--optimizer", choices=RULES["optimizer"].choices, help=f"optimizer (default {RunConfig.DEFAULTS['optimizer']})")
-    optim("--lr", type=typed("lr"), help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
+    optim("--lr", type=typed("lr"), help="learning rate, positive and finite (default 1e-3 for adam/adamw, 0.05 for sgd)")
     optim("--momentum", type=typed("momentum"), help=f"SGD momentum, in [0, 1) (default {RunConfig.DEFAULTS['momentum']})")
-    optim("--weight-decay", type=typed("weight_decay"), help="L2 penalty, or decoupled decay for adamw (default 0; 1e-2 for adamw)")
-    optim("--epochs", type=typed("epochs"), help=f"total epochs, also when resuming (default {RunConfig.DEFAULTS['epochs']})")
+    optim("--weight-decay", type=typed("weight_decay"), help=f"L2 penalty, or decoupled decay for adamw, in [0, {MAX_WEIGHT_DECAY:g}], and lr x weight decay "
+                                                            "below 1 for sgd and adamw (default 0; 1e-2 for adamw)")
+    optim("--epochs", type=typed("epochs"), help=f"total epochs, also when resuming, 1 to {MAX_EPOCHS} (default {RunConfig.DEFAULTS['epochs']})")
     optim("--batch-size", type=typed("batch_size"),
-                       help=f"images per training step (default {RunConfig.DEFAULTS['batch_size']}; with --evaluate or --predict: images per forward pass, "
+                       help=f"images per training step, 1 to {MAX_BATCH} (default {RunConfig.DEFAULTS['batch_size']}; with --evaluate or --predict: images per forward pass, "
                             f"default {EVALUATION_BATCH})")
-    optim("--seed", type=typed("seed"), help="seed of the weights, the shuffling and the synthetic data (default 0)")
+    optim("--seed", type=typed("seed"), help="seed of the weights, the shuffling and the synthetic data, 0 to 2**63 - 1 (default 0)")
     optim("--schedule", choices=RULES["schedule"].choices,
                        help="learning rate per batch: constant (the default), step (x0.1 at 50%% and 75%% of the steps), "
                             "cosine (to 0), onecycle (torch's OneCycleLR with max_lr = --lr)")
-    optim("--dropout", type=typed("dropout"), help="dropout probability of the cnn (default 0.3)")
+    optim("--dropout", type=typed("dropout"), help="dropout probability of the cnn, in [0, 1) (default 0.3)")
     optim("--augment", action="store_true", default=None,
                        help=f"shift each training image by up to {MAX_SHIFT} pixels each way, at random (edges repeated)")
 
@@ -106,8 +123,8 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
     data("--data-dir", type=path_argument, help=f"folder of the SVHN .mat files (default {RunConfig.DEFAULTS['data_dir']})")
     data("--download", action="store_true", help="download the SVHN files into --data-dir (checksums verified)")
     data("--extra", action="store_true", default=None, help="also train on SVHN's extra_32x32.mat (531k images)")
-    data("--train-size", type=typed("train_size"), help=f"synthetic training images (default {RunConfig.DEFAULTS['train_size']})")
-    data("--test-size", type=typed("test_size"), help=f"synthetic test images (default {RunConfig.DEFAULTS['test_size']})")
+    data("--train-size", type=typed("train_size"), help=f"synthetic training images, 1 to {MAX_IMAGES} (default {RunConfig.DEFAULTS['train_size']})")
+    data("--test-size", type=typed("test_size"), help=f"synthetic test images, 1 to {MAX_IMAGES} (default {RunConfig.DEFAULTS['test_size']})")
 
     output = _flag_group(parser, "output", table)
     output("--out", metavar="DIR", type=path_argument,
@@ -117,7 +134,7 @@ def build_parser(flags: dict | None = None) -> argparse.ArgumentParser:
     output("--quiet", action="store_true", help="no progress bar, no per-epoch lines or notes; only the final result (and errors)")
     output("--layer-stats", metavar="N", type=typed(NON_NEGATIVE_INT), default=0,
            help="every N training steps, record each layer's activation mean and std, gradient norm and "
-                "update/weight ratio, into metrics.json (layer_stats) and layers.png (default 0: off)")
+                f"update/weight ratio, into metrics.json (layer_stats) and layers.png, 0 to {MAX_EVERY} (default 0: off)")
     return parser
 
 
@@ -217,10 +234,15 @@ def main(argv=None) -> int:
     """
     interrupts.catch_signals(received=_signals_at_start[0] if _signals_at_start else None)
     try:
-        with readers_may_leave() as (stdout, _), interrupts.quiet_unraisable():
-            code, command = run(argv)
+        with readers_may_leave() as (stdout, stderr), interrupts.quiet_unraisable():
+            try:
+                code, command = run(argv)
+            finally:  # what is still buffered fails now or never; then one line on why a stream stopped
+                stdout.flush()
+                stderr.flush()
+                report_failures(stdout, stderr)
             if code == 0 and stdout.reader_left and command in ("evaluate", "predict"):
-                return 1  # the reader of the output left early: Python's own exit code on EPIPE
+                return 1  # the output was cut short (its reader left, or its disk filled): Python's own exit code on EPIPE
             return code
     except KeyboardInterrupt:  # in the moment before run() took over
         interrupts.shutting_down()

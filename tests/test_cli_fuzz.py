@@ -40,7 +40,7 @@ VALUES = {  # for each flag: values it accepts | values it refuses
     "--batch-size": (["1", "16", "10000"], ["0", "-3"]),
     "--seed": (["0", "7", "1e3"], ["-1", "x"]),
     "--dataset": (["synthetic", "svhn"], ["mnist"]),
-    "--train-size": (["16", "40", "1e15"], ["0", "x"]),
+    "--train-size": (["16", "40", "1e9"], ["0", "x", "1e15"]),
     "--test-size": (["8"], ["0", "x"]),
     "--data-dir": (["svhn", "svhn-with-a-note", "missing", "a-file", "empty"], []),
 }

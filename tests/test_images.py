@@ -94,7 +94,7 @@ def test_an_unreadable_file_names_the_cause(tmp_path, monkeypatch):
     def no_permission(path, *args, **kwargs):  # chmod 000 does not stop root, who may run these tests
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr("training.data.images.open", no_permission, raising=False)
+    monkeypatch.setattr("training.saving.regular_files._read_descriptor", no_permission)  # how read_image opens a file
     with pytest.raises(DataError, match=r"cannot read image .*locked.png: Permission denied$"):
         read_image(tmp_path / "locked.png")
 

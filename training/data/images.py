@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..saving.regular_files import NotARegularFile, open_to_read
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -36,7 +37,9 @@ def read_image(path, size: int = 32) -> np.ndarray:
     if not path.exists():
         raise DataError(f"image {path} does not exist")
     try:
-        stream = open(path, "rb")
+        stream = open_to_read(path)  # a FIFO or a device would block or never end
+    except NotARegularFile as exc:
+        raise DataError(f"{path} is {exc.kind}, not an image file; give the path of a PNG or JPEG file") from None
     except OSError as exc:
         raise DataError(f"cannot read image {path}: {exc.strerror or exc}") from exc
     with stream:

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..saving.atomic import write_atomically
-from ..saving.regular_files import check_regular
+from ..saving.regular_files import check_regular, open_to_read
 from . import glyphs
 from .imageset import ImageSet
 
@@ -108,8 +108,8 @@ def make_synthetic_test(n_test: int = 5_000, seed: int = 0, n_train: int | None 
         _check_cache_file(path)
         if path.exists():
             try:
-                with np.load(path, allow_pickle=False) as f:  # reads only the two test arrays
-                    test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
+                f = _cached_arrays(path, {"test_images": n_test * IMAGE_BYTES, "test_labels": n_test * 8})  # only these two
+                test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
                 if len(test) == n_test:
                     return test
             except Exception:  # truncated, corrupt or foreign file: make the test split below
@@ -118,8 +118,12 @@ def make_synthetic_test(n_test: int = 5_000, seed: int = 0, n_train: int | None 
 
 
 def default_cache_dir() -> Path:
-    """$XPNET_CACHE if set, else ~/.cache/xpnet."""
-    return Path(os.environ.get("XPNET_CACHE") or Path.home() / ".cache" / "xpnet").expanduser()
+    """$XPNET_CACHE if set, else ~/.cache/xpnet; DataError if ``~user`` in it names no user."""
+    try:
+        return Path(os.environ.get("XPNET_CACHE") or Path.home() / ".cache" / "xpnet").expanduser()
+    except RuntimeError:  # Path.expanduser or Path.home: no such user, or no home folder
+        raise DataError(f"cannot expand XPNET_CACHE = {os.environ.get('XPNET_CACHE', '')!r} (no such user or no home "
+                        "folder): set XPNET_CACHE to a folder, or unset it") from None
 
 
 def cache_path(n_train: int, n_test: int, seed: int, cache_dir=None) -> Path:
@@ -145,13 +149,29 @@ def _check_cache_file(path: Path) -> None:
     check_regular(path, "remove it (xpnet makes its cache files itself), or set XPNET_CACHE to another folder", DataError)
 
 
+IMAGE_BYTES = 3 * 32 * 32
+
+
+def _cached_arrays(path: Path, most: dict[str, int]) -> dict[str, np.ndarray]:
+    """The arrays ``most`` names from the cache file at ``path``, each read only if the zip directory
+    says it unpacks to at most its bytes (plus a .npy header); the file must be a regular file (no
+    FIFO, no device). ValueError or OSError otherwise: the caller regenerates the cache."""
+    with open_to_read(path) as stream, np.load(stream, allow_pickle=False) as archive:
+        sizes = {info.filename: info.file_size for info in archive.zip.infolist()}
+        for name, limit in most.items():
+            if sizes.get(name + ".npy", 0) > limit + 2**16:
+                raise ValueError(f"{name} in {path} is larger than this cache's")
+        return {name: archive[name] for name in most}
+
+
 def _read_cache(path: Path, n_train: int, n_test: int) -> tuple[ImageSet, ImageSet] | None:
     if not path.exists():
         return None
     try:
-        with np.load(path, allow_pickle=False) as f:
-            train = ImageSet(f["train_images"], f["train_labels"], "synthetic-train")
-            test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
+        f = _cached_arrays(path, {"train_images": n_train * IMAGE_BYTES, "train_labels": n_train * 8,
+                                  "test_images": n_test * IMAGE_BYTES, "test_labels": n_test * 8})
+        train = ImageSet(f["train_images"], f["train_labels"], "synthetic-train")
+        test = ImageSet(f["test_images"], f["test_labels"], "synthetic-test")
         if len(train) == n_train and len(test) == n_test:
             return train, test
     except Exception:  # truncated, corrupt or foreign file: regenerate below

@@ -21,6 +21,7 @@ from .config import (
     RunConfig,
     check_saved_setting,
 )
+from .saved_state import check_saved_state
 
 USED_SETTINGS = {"resume": RESUMED_SETTINGS, "evaluate": EVALUATION_SETTINGS, "predict": PREDICTION_SETTINGS}
 
@@ -29,7 +30,8 @@ def checked_checkpoint(path: Path, command: str, chosen: RunConfig):
     """The checkpoint at ``path``, with every field that ``command`` takes from it checked.
 
     This is the one validation that resuming, evaluating and predicting share: the header's
-    model, the weights (no NaN or infinity), the normalisation statistics, the history
+    model, the weights (no NaN or infinity), the saved state (training/run/saved_state.py:
+    running statistics, and when resuming the optimizer's), the normalisation statistics, the history
     (when resuming, which continues it), and each saved setting the command uses that is
     not chosen now, checked by its RunConfig rule. A hand-edited or damaged checkpoint gets
     one clear error here, not a failure deep inside training or a meaningless result.
@@ -43,6 +45,7 @@ def checked_checkpoint(path: Path, command: str, chosen: RunConfig):
         if getattr(chosen, name) is None and value is not None:
             check_saved_setting(name, value)
     checkpoint.check_weights_finite()
+    check_saved_state(checkpoint, command)
     if command != "resume" or "mean" in checkpoint.config:
         checkpoint.normalisation()
     if command == "resume":

@@ -52,7 +52,8 @@ class SettingError(XpnetError, ValueError):
 @dataclass(frozen=True)
 class Rule:
     """What values one setting takes: one of ``choices``; or a number of ``kind`` (int or float)
-    at least (``inclusive``) or above ``minimum`` and below ``below``; or a folder name
+    at least (``inclusive``) or above ``minimum``, and below ``below`` or at most ``maximum``
+    (every number has an upper bound that the program can honour); or a folder name
     (``path``); or true/false (``flag``). :meth:`problem` says what is wrong with a value."""
 
     choices: tuple[str, ...] | None = None
@@ -61,6 +62,8 @@ class Rule:
     description: str = ""
     inclusive: bool = True
     below: float | None = None
+    maximum: float | None = None
+    maximum_text: str = ""  # how messages write ``maximum`` (default: as Python does)
     path: bool = False
     flag: bool = False
 
@@ -70,6 +73,8 @@ class Rule:
             value = float(text) if self.kind is float else whole_number(text)
         except ValueError:
             raise ValueError(f"expected {'a whole number' if self.kind is int else 'a number'}, got {text!r}") from None
+        if self.maximum is not None and value > self.maximum:  # a number past the most this setting can honour
+            raise ValueError(f"must be at most {self.maximum_text or self.maximum}, got {text}")
         in_range = (value >= self.minimum if self.inclusive else value > self.minimum) and \
             value < (math.inf if self.below is None else self.below)
         if not in_range:  # also NaN, which no comparison accepts
@@ -81,7 +86,13 @@ class Rule:
         if self.choices is not None:
             return None if value in self.choices else f"expected one of {', '.join(self.choices)}"
         if self.path:
-            return None if isinstance(value, (str, Path)) and str(value) else "expected a folder name"
+            if not (isinstance(value, (str, Path)) and str(value)):
+                return "expected a folder name"
+            try:
+                expanded(value)
+            except ValueError as exc:
+                return str(exc)
+            return None
         if self.flag:
             return None if isinstance(value, bool) else "expected true or false"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -108,10 +119,33 @@ def whole_number(text: str) -> int:
     return int(value)
 
 
-POSITIVE_INT = Rule(kind=int, minimum=1, description="at least 1")
-NON_NEGATIVE_INT = Rule(kind=int, minimum=0, description="zero or positive")
-POSITIVE_FLOAT = Rule(kind=float, minimum=0.0, description="a positive number", inclusive=False)
+def expanded(path) -> Path:
+    """``Path(path)`` with a leading ``~`` or ``~user`` expanded; ValueError that names the user if there is none."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # Path.expanduser: "Could not determine home directory."
+        user = str(path).split("/", 1)[0][1:]
+        raise ValueError(f"cannot expand {str(path)!r}: " + (f"there is no user {user!r}" if user else
+                                                              "the home folder is unknown (HOME is not set)")) from None
+
+
+# The bounds, each one the program can honour (see docs/troubleshooting.md, "Numbers and their ranges").
+MAX_EPOCHS = 10**6  # the schedules count steps in float64 exactly far beyond this
+MAX_BATCH = 10**6  # images per step; memory refuses far less on most machines, with its own error
+MAX_IMAGES = 10**9  # synthetic images; the memory check refuses what does not fit
+MAX_SEED = 2**63 - 1  # NumPy's generators and the cache's file names take any seed up to here
+MAX_WEIGHT_DECAY = 1e4  # beyond, λθ and its square overflow float32 in Adam's L2 gradient
+MAX_EVERY = 10**9  # --layer-stats: every this many steps (more than any run takes)
+
+EPOCHS = Rule(kind=int, minimum=1, maximum=MAX_EPOCHS, description="at least 1")
+BATCH = Rule(kind=int, minimum=1, maximum=MAX_BATCH, description="at least 1")
+IMAGES = Rule(kind=int, minimum=1, maximum=MAX_IMAGES, description="at least 1")
+SEED = Rule(kind=int, minimum=0, maximum=MAX_SEED, description="zero or positive", maximum_text=f"2**63 - 1 = {MAX_SEED}")
+NON_NEGATIVE_INT = Rule(kind=int, minimum=0, maximum=MAX_EVERY, description="zero or positive")
+POSITIVE_FLOAT = Rule(kind=float, minimum=0.0, description="a positive number", inclusive=False)  # and finite
 NON_NEGATIVE_FLOAT = Rule(kind=float, minimum=0.0, description="zero or positive")
+WEIGHT_DECAY = Rule(kind=float, minimum=0.0, maximum=MAX_WEIGHT_DECAY,
+                    description="zero or positive", maximum_text=f"{MAX_WEIGHT_DECAY:g}")
 MOMENTUM = Rule(kind=float, minimum=0.0, below=1.0,
                 description="at least 0 and below 1 (at 1 or more, SGD's steps grow without bound)")
 PROBABILITY = Rule(kind=float, minimum=0.0, below=1.0, description="a probability in [0, 1)")
@@ -141,15 +175,15 @@ class RunConfig:
     optimizer: str | None = _setting("adam", Rule(choices=OPTIMIZERS))
     lr: float | None = _setting(None, POSITIVE_FLOAT)  # None: the optimizer's own, LEARNING_RATES
     momentum: float | None = _setting(0.9, MOMENTUM)  # SGD's only
-    weight_decay: float | None = _setting(None, NON_NEGATIVE_FLOAT)  # None: 0, or 1e-2 for AdamW
-    epochs: int | None = _setting(12, POSITIVE_INT)  # in total, also when resuming
-    batch_size: int | None = _setting(64, POSITIVE_INT)
+    weight_decay: float | None = _setting(None, WEIGHT_DECAY)  # None: 0, or 1e-2 for AdamW
+    epochs: int | None = _setting(12, EPOCHS)  # in total, also when resuming
+    batch_size: int | None = _setting(64, BATCH)
     dataset: str | None = _setting("synthetic", Rule(choices=("synthetic", "svhn")))
     data_dir: str | Path | None = _setting("data/svhn", FOLDER)  # SVHN's .mat files
-    seed: int | None = _setting(0, NON_NEGATIVE_INT)  # weights, shuffling, augmentation, the synthetic set
+    seed: int | None = _setting(0, SEED)  # weights, shuffling, augmentation, the synthetic set
     dtype: str | None = _setting("float32", Rule(choices=("float32", "float64")))
-    train_size: int | None = _setting(20_000, POSITIVE_INT)  # synthetic images
-    test_size: int | None = _setting(5_000, POSITIVE_INT)
+    train_size: int | None = _setting(20_000, IMAGES)  # synthetic images
+    test_size: int | None = _setting(5_000, IMAGES)
     extra: bool | None = _setting(False, FLAG)  # also SVHN's extra_32x32.mat
     schedule: str | None = _setting("constant", Rule(choices=tuple(SCHEDULES)))
     augment: bool | None = _setting(False, FLAG)  # random shifts of up to MAX_SHIFT pixels
@@ -182,7 +216,7 @@ class RunConfig:
                 raise SettingError(f"{setting(name)} = {value!r}: {problem}")
         for name in ("out", "resume"):  # data_dir stays as given: it is saved as text
             if getattr(self, name) is not None:
-                setattr(self, name, Path(getattr(self, name)).expanduser())
+                setattr(self, name, expanded(getattr(self, name)))
 
     def chosen(self) -> list[str]:
         """The names of the settings and options that differ from RunConfig()'s (those chosen for this run)."""
@@ -207,7 +241,7 @@ class RunConfig:
             chosen["weight_decay"] = 1e-2 if chosen["optimizer"] == "adamw" else 0.0
         if "data_dir" not in from_checkpoint:
             # A folder named now is saved as an absolute path, so a resume from elsewhere finds it.
-            chosen["data_dir"] = Path(chosen["data_dir"]).expanduser().absolute()
+            chosen["data_dir"] = expanded(chosen["data_dir"]).absolute()
         return dataclasses.replace(self, **chosen)
 
     def to_dict(self) -> dict:

@@ -25,6 +25,7 @@ from ..errors import CheckpointError, XpnetError, setting
 from ..loop.layer_stats import LayerStats
 from ..loop.trainer import Evaluation, Trainer
 from ..saving.checkpoint import read_header
+from ..saving.regular_files import NotARegularFile, open_to_read
 from .best_file import seed_best_file
 from .checks import check_data_settings, check_training_settings, checked_checkpoint
 from .config import RESUMED_SETTINGS, RunConfig
@@ -51,6 +52,8 @@ from .prepare import (
     planned_schedule,
 )
 from .set_aside import SetAside, recover
+
+METRICS_LIMIT = 2**30  # bytes of a metrics.json read back on resume (its layer statistics); a larger one is not a run's
 
 
 @dataclass
@@ -256,8 +259,9 @@ def _restore(aside: SetAside, log) -> None:
 def saved_layer_stats(path: Path) -> dict | None:
     """The ``layer_stats`` of a run's metrics.json, or None (none recorded, or no readable file)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("layer_stats")
-    except (OSError, ValueError, AttributeError):
+        with open_to_read(path, limit=METRICS_LIMIT) as stream:  # not a FIFO, a device or a huge file
+            return json.loads(stream.read().decode("utf-8")).get("layer_stats")
+    except (OSError, NotARegularFile, ValueError, AttributeError):
         return None
 
 

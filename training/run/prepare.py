@@ -21,7 +21,7 @@ from ..data.synthetic import make_synthetic, make_synthetic_test
 from ..errors import XpnetError, setting
 from ..optim import SGD, Adam, AdamW
 from ..schedules import make_schedule
-from .config import EVALUATION_BATCH, MAX_SHIFT, RunConfig
+from .config import EVALUATION_BATCH, MAX_SHIFT, RunConfig, expanded
 
 BYTES_PER_IMAGE = 3 * 32 * 32
 
@@ -35,7 +35,14 @@ def logger(config: RunConfig, log=None):
 
 # -- the device -------------------------------------------------------------------------------------
 def check_environment() -> None:
-    """XPNET_NUM_THREADS, when set, must be a whole number ≥ 1 (the cpu backend's threads)."""
+    """XPNET_NUM_THREADS, when set, must be a whole number ≥ 1 (the cpu backend's threads); XPNET_CACHE,
+    when set, a folder name whose ``~user`` (if any) names a user."""
+    cache = os.environ.get("XPNET_CACHE", "")
+    if cache:
+        try:
+            expanded(cache)
+        except ValueError as exc:
+            raise XpnetError(f"XPNET_CACHE: {exc}; set it to a folder, or unset it to use ~/.cache/xpnet") from None
     value = os.environ.get("XPNET_NUM_THREADS", "").strip()
     if not value:
         return

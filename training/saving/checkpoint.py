@@ -21,7 +21,10 @@ the seed are the whole random state a resumed run needs.
 """
 from __future__ import annotations
 
+import functools
 import json
+import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +32,16 @@ import numpy as np
 
 from ..errors import CheckpointError, setting
 from .atomic import write_atomically
+from .regular_files import NotARegularFile, open_to_read
 
 FORMAT_VERSION = 1
 # What the trainer writes for each epoch; metrics.json holds the same rows.
 HISTORY_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "examples_per_sec", "seconds")
+# Bounds on what a checkpoint may ask the reader to unpack (see load_checkpoint).
+HEADER_LIMIT = ((), 2**30)  # the header: one text of at most 1 GiB (4 bytes a character; 10**6 epochs of history: 0.8 GiB)
+NPY_HEADER_LIMIT = 2**16  # bytes of an entry's .npy header (numpy itself reads at most 10 000)
+MAX_ITEMSIZE = 8  # bytes per number: float64, int64
+MAX_NUMBERS = 2**28  # parameters and buffers of a model xpnet does not register (1 GiB of float32)
 _EDITED = "the file was edited or damaged: use another checkpoint (best.npz or checkpoint.npz of a run)"
 
 
@@ -240,7 +249,13 @@ class Checkpoint:
 
 
 def load_checkpoint(path) -> Checkpoint:
-    """Read a checkpoint written by save_checkpoint; anything else is a CheckpointError."""
+    """Read a checkpoint written by save_checkpoint; anything else is a CheckpointError.
+
+    Nothing is unpacked before it is known to fit: the header first (at most 1 GiB,
+    ``HEADER_LIMIT``), then each entry's size in the zip directory and its .npy
+    header against the shapes the header lists, which a registered model bounds. A small
+    file that would inflate to gigabytes is refused in milliseconds.
+    """
     path = Path(path)
     return _parse(path, _read_entries(path))
 
@@ -252,42 +267,146 @@ def read_header(path) -> dict:
     ``meta`` entry is read.
     """
     path = Path(path)
-    return _checked_header(path, _read_entries(path, names=("meta",)))
+    return _checked_header(path, _read_entries(path, header_only=True))
 
 
-def _read_entries(path: Path, names=None) -> dict[str, np.ndarray]:
-    """The arrays of the .npz archive at ``path`` (only ``names``, if given)."""
-    _check_is_file(path)
+def _read_entries(path: Path, header_only: bool = False) -> dict[str, np.ndarray]:
+    """The arrays of the .npz archive at ``path`` (only ``meta`` if ``header_only``), each checked
+    against the header before it is unpacked."""
+    with _opened_regular_file(path) as stream:
+        if stream.read(4) != b"PK\x03\x04":  # every .npz is a zip archive
+            raise CheckpointError(f"{path} is not a readable xpnet checkpoint (not an .npz archive); it may be corrupt or truncated")
+        stream.seek(0)
+        try:
+            with np.load(stream, allow_pickle=False) as archive:
+                directory = {info.filename: info for info in archive.zip.infolist()}
+                for filename, info in directory.items():  # first of all: refuse pickles, whatever else is wrong
+                    if filename.endswith(".npy") and _npy_header(path, archive, info)[1].hasobject:
+                        raise CheckpointError(f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one")
+                contents = {"meta": _read_entry(path, archive, directory, "meta", HEADER_LIMIT)} if "meta.npy" in directory else {}
+                if header_only or "meta" not in contents:
+                    return contents
+                meta = _checked_header(path, contents)
+                try:
+                    limits = entry_limits(meta)
+                except ValueError as exc:
+                    raise CheckpointError(f"{path}: {exc}; {_EDITED}") from None
+                for filename in directory:
+                    name = filename[:-len(".npy")] if filename.endswith(".npy") else filename
+                    limit = limits(name)
+                    if limit is not None and filename.endswith(".npy"):
+                        contents[name] = _read_entry(path, archive, directory, name, limit)
+                    elif not filename.endswith(".npy"):  # NpzFile would hand it out as raw bytes
+                        raise CheckpointError(f"{path} has an entry {name!r} that is not a NumPy array; it is not an xpnet checkpoint")
+                    elif name != "meta":
+                        raise CheckpointError(f"{path} has an entry {name!r} that its header does not list; {_EDITED}")
+                return contents
+        except CheckpointError:
+            raise
+        except ValueError as exc:
+            if "pickle" in str(exc).lower():
+                raise CheckpointError(f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one") from exc
+            raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({exc}); it may be corrupt or truncated") from exc
+        except OSError as exc:
+            if exc.errno is not None:  # the system refused (permission, I/O error): the file may well be fine
+                raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
+            raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({type(exc).__name__}: {exc}); it may be corrupt or truncated") from exc
+        except Exception as exc:  # BadZipFile, EOFError, zlib.error, ...: a truncated or mangled archive
+            raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({type(exc).__name__}: {exc}); it may be corrupt or truncated") from exc
+
+
+def _read_entry(path: Path, archive, directory: dict, name: str, limit: tuple[tuple[int, ...] | None, int]) -> np.ndarray:
+    """Entry ``name`` of the archive, unpacked only if its .npy header and its size in the zip
+    directory fit ``limit``: (the shape the checkpoint's header lists for it, or None: any;
+    the most bytes its data may take)."""
+    shape, most = limit
+    info = directory[name + ".npy"]
+    if info.file_size > most + NPY_HEADER_LIMIT:
+        raise CheckpointError(f"{path}: entry {name!r} would unpack to {_size(info.file_size)}, more than the "
+                              f"{_size(most)} allowed; {_EDITED}")
+    stored_shape, dtype = _npy_header(path, archive, info)
+    if shape is not None and tuple(stored_shape) != tuple(shape):
+        raise CheckpointError(f"{path}: entry {name!r} holds {dtype} of shape {stored_shape}, where its header lists "
+                              f"shape {tuple(shape)}; {_EDITED}")
+    if math.prod(stored_shape) * dtype.itemsize > most:
+        raise CheckpointError(f"{path}: entry {name!r} would unpack to {_size(math.prod(stored_shape) * dtype.itemsize)} "
+                              f"({dtype} of shape {stored_shape}), more than the {_size(most)} allowed; {_EDITED}")
+    return archive[name]
+
+
+def _npy_header(path: Path, archive, info) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from the .npy header of archive member ``info``: only its first bytes are unpacked."""
+    with archive.zip.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise CheckpointError(f"{path}: entry {info.filename!r} is a .npy file of version {version}, which "
+                                  f"numpy.savez does not write; {_EDITED}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+    return tuple(shape), dtype
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def entry_limits(meta: dict):
+    """A function of an entry's name: (its shape, or None; the most bytes its data may take) for
+    an entry the header ``meta`` allows, else None. The shapes are the header's own; their total
+    must fit the model it names (``MAX_NUMBERS`` for a model xpnet does not know), so a header
+    cannot ask for gigabytes. Optimizer state (``optim/<i>/<key>``) may be as large as parameter i."""
+    shapes = {f"param/{name}": tuple(shape) for name, shape in meta["parameters"].items()}
+    shapes.update({f"buffer/{name}": tuple(shape) for name, shape in meta.get("buffers", {}).items()})
+    total = sum(math.prod(shape) for shape in shapes.values())
+    most = model_size(meta["model"])
+    if total > most:
+        raise ValueError(f"its parameters and buffers hold {total} numbers, more than a model {meta['model']!r} has ({most})")
+    limits = {name: (shape, math.prod(shape) * MAX_ITEMSIZE) for name, shape in shapes.items()}
+    sizes = [math.prod(shape) for shape in meta["parameters"].values()] if meta.get("optimizer") is not None else []
+
+    def limit(name: str):
+        if name in limits:
+            return limits[name]
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0] == "optim" and parts[1].isdigit() and int(parts[1]) < len(sizes):
+            return None, max(sizes[int(parts[1])], 1) * MAX_ITEMSIZE  # a step count, or an array like parameter i
+        return None
+
+    return limit
+
+
+@functools.lru_cache(maxsize=None)
+def model_size(name: str) -> int:
+    """How many numbers (parameters and buffers) the registered model ``name`` holds; MAX_NUMBERS for another name."""
+    from models import MODELS, build_model  # here, not at the top: models need not be imported to save
+
+    if name not in MODELS:
+        return MAX_NUMBERS
+    model = build_model(name)
+    return sum(int(p.data.size) for p in model.parameters()) + sum(int(array.size) for _, array in model.named_buffers())
+
+
+@contextmanager
+def _opened_regular_file(path: Path):
+    """``path`` opened for reading as a binary stream, if it is a regular file; a CheckpointError
+    otherwise (regular_files.py: a FIFO cannot hang the program, /dev/zero is never read)."""
     try:
-        with open(path, "rb") as stream:
-            magic = stream.read(4)
+        stream = open_to_read(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the checkpoint.npz or best.npz of a run") from None
+    except NotARegularFile as exc:
+        if exc.kind == "a folder":
+            inside = [name for name in ("checkpoint.npz", "best.npz") if (path / name).is_file()]
+            hint = f"; did you mean {path / inside[0]}?" if inside else "; pass the checkpoint.npz or best.npz of a run"
+            raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}") from None
+        raise CheckpointError(f"{path} is {exc.kind}, not a checkpoint file; pass the checkpoint.npz or best.npz of a run") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
-    if magic != b"PK\x03\x04":  # every .npz is a zip archive
-        raise CheckpointError(f"{path} is not a readable xpnet checkpoint (not an .npz archive); it may be corrupt or truncated")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            wanted = archive.files if names is None else [name for name in names if name in archive.files]
-            return {name: archive[name] for name in wanted}
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise CheckpointError(f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one") from exc
-        raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({exc}); it may be corrupt or truncated") from exc
-    except OSError as exc:
-        if exc.errno is not None:  # the system refused (permission, I/O error): the file may well be fine
-            raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from exc
-        raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({type(exc).__name__}: {exc}); it may be corrupt or truncated") from exc
-    except Exception as exc:  # BadZipFile, EOFError, zlib.error, ...: a truncated or mangled archive
-        raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({type(exc).__name__}: {exc}); it may be corrupt or truncated") from exc
-
-
-def _check_is_file(path: Path) -> None:
-    if path.is_dir():
-        inside = [name for name in ("checkpoint.npz", "best.npz") if (path / name).is_file()]
-        hint = f"; did you mean {path / inside[0]}?" if inside else "; pass the checkpoint.npz or best.npz of a run"
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file{hint}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the checkpoint.npz or best.npz of a run")
+    with stream:
+        yield stream
 
 
 def _checked_header(path: Path, contents: dict[str, np.ndarray]) -> dict:

@@ -13,12 +13,17 @@ So a name is looked at with ``lstat`` (which does not follow links) before it is
 replaced, and a file is opened with ``O_NOFOLLOW`` (a link at the name fails the open instead
 of being followed) and ``O_NONBLOCK`` (a FIFO opens at once), then checked with ``fstat``.
 Anything but a regular file gives one error that names the path, says what it is and what to do.
+
+A file the user names to be read (``--resume``, ``--evaluate``, ``--checkpoint``, a ``--predict``
+image) may be a link: the user chose it, and only reading follows it (``open_to_read``). Its
+target must still be a regular file, of bounded size where the caller knows a bound.
 """
 from __future__ import annotations
 
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import XpnetError
 
@@ -32,8 +37,9 @@ _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (s
 class NotARegularFile(XpnetError):
     """Something other than a regular file at a name xpnet reads or writes (``path``, ``kind``)."""
 
-    def __init__(self, path: Path, kind: str, advice: str):
-        super().__init__(f"{path} is {kind}, where xpnet keeps a regular file; it leaves it alone: {advice}")
+    def __init__(self, path: Path, kind: str, advice: str = ""):
+        where = f", where xpnet keeps a regular file; it leaves it alone: {advice}" if advice else ", not a regular file"
+        super().__init__(f"{path} is {kind}{where}")
         self.path, self.kind = Path(path), kind
 
 
@@ -90,6 +96,37 @@ def open_regular(path: Path, flags: int, advice: str, error: type[XpnetError] = 
     if getattr(os, "O_NONBLOCK", 0):
         os.set_blocking(descriptor, True)  # O_NONBLOCK was only for the open
     return descriptor
+
+
+def open_to_read(path: Path, limit: int | None = None) -> BinaryIO:
+    """``path`` opened for binary reading, following links, if it is a regular file (of at most ``limit`` bytes).
+
+    Raises NotARegularFile for anything else (a file larger than ``limit`` is "a file of N
+    bytes, more than ..."), and OSError as ``open`` would (missing, no permission). The type is
+    taken from the open descriptor, so a rename between a check and the open cannot fool it.
+    """
+    try:
+        descriptor = _read_descriptor(path)
+    except IsADirectoryError:  # Windows; on POSIX a folder opens, and fstat tells
+        raise NotARegularFile(path, "a folder") from None
+    try:
+        status = os.fstat(descriptor)
+        kind = kind_of_mode(status.st_mode)
+        if kind is not None:
+            raise NotARegularFile(path, kind)
+        if limit is not None and status.st_size > limit:
+            raise NotARegularFile(path, f"a file of {status.st_size} bytes, more than the {limit} expected")
+        if getattr(os, "O_NONBLOCK", 0):
+            os.set_blocking(descriptor, True)  # O_NONBLOCK was only for the open
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _read_descriptor(path: Path) -> int:
+    """A descriptor of ``path`` open for reading, without blocking (a FIFO with no writer opens at once)."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0))
 
 
 def _error(error: type[XpnetError], path: Path, kind: str, advice: str) -> XpnetError:
