@@ -191,9 +191,10 @@ def train_command(args: argparse.Namespace) -> int:
         report_interrupt(interrupt)
         return 130
     best, final = result.best, result.history[-1]
+    names = ("checkpoint.npz", "best.npz", "metrics.json", "curves.png", "confusion.png", "mistakes.png", "filters.png", "layers.png")
+    written = " ".join(name for name in names if (result.folder / name).is_file())  # best.npz may await a better epoch
     print(f"done: final test accuracy {100 * final['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}% (epoch {best['epoch']}); "
-          f"files in {result.folder}: checkpoint.npz best.npz metrics.json curves.png confusion.png mistakes.png filters.png"
-          + (" layers.png" if args.layer_stats else ""))
+          f"files in {result.folder}: {written}")
     return 0
 
 

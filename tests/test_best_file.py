@@ -97,3 +97,16 @@ def test_the_cli_reports_the_epoch_best_npz_holds(tmp_path, capsys, accuracies):
     assert code == 0, err
     assert "best 90.00% (epoch 2)" in stdout.strip().splitlines()[-1]
     assert epoch_of(b / "best.npz") == 2
+
+
+def test_the_cli_lists_only_the_files_it_wrote(tmp_path, capsys, accuracies):
+    """Without the best epoch's weights, B has no best.npz yet, and the `done:` line does not claim one."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run(TINY + ["--epochs", "3", "--out", str(a)], capsys)[0] == 0
+    (a / "best.npz").unlink()
+    code, stdout, err = run(["--resume", str(a / "checkpoint.npz"), "--epochs", "4", "--out", str(b), "--device", "cpu",
+                             "--quiet"], capsys)
+    assert code == 0, err
+    done = stdout.strip().splitlines()[-1]
+    assert done.startswith("done:") and "best.npz" not in done and "checkpoint.npz metrics.json" in done
+    assert not (b / "best.npz").exists()
