@@ -121,6 +121,87 @@ def test_the_check_compares_each_change_within_a_few_ulps(x, kernel_result, acce
         np.testing.assert_array_equal(y, kernel_result(plain) if accepted else plain)  # refused: undone, plain kept
 
 
+def doubled(xp, x):
+    """2·x, returned (the check compares the returned value)."""
+    return x * 2
+
+
+def kernel_returning(values):
+    """A stand-in compiler whose kernel returns ``values(plain result)``."""
+    def compile_(function, name):
+        def kernel(x):
+            return values(function(x))
+        return kernel
+    return compile_
+
+
+def replace_first(value):
+    return lambda e: np.concatenate([np.asarray([value], e.dtype), e[1:]])
+
+
+# The returned value may differ from the plain one by _CHECK_TOLERANCE (1e-4 for float32) of
+# max(1, its largest size): here the plain result is 0 and 0, so exactly 1e-4 (as a float32) is
+# the last value accepted and the next float32 after it the first refused.
+TOLERANCE32 = np.float32(1e-4)
+
+
+@pytest.mark.parametrize("x, kernel_result, accepted", [
+    (np.float32([0.0, 0.0]), replace_first(TOLERANCE32), True),                                  # at the tolerance
+    (np.float32([0.0, 0.0]), replace_first(np.nextafter(TOLERANCE32, np.float32(1))), False),    # one ulp past it
+    (np.float32([0.0, 0.0]), replace_first(-np.nextafter(TOLERANCE32, np.float32(1))), False),   # below, too
+    (np.float32([1.0, 2.0]), replace_first(np.nan), False),                                       # a NaN of its own
+    (np.float32([1.0, 2.0]), replace_first(np.inf), False),                                       # an infinity
+    (np.float32([1.0, 2.0]), replace_first(-np.inf), False),
+    (np.float32([np.nan, 2.0]), lambda e: e, True),                                               # the plain's NaN
+    (np.float32([np.inf, 2.0]), lambda e: e, True),                                               # the plain's inf
+    (np.float32([np.inf, 2.0]), replace_first(-np.inf), False),                                   # the other inf
+    (np.float32([np.nan, 2.0]), replace_first(1.0), False),                                       # NaN lost
+    (np.float32([1.0, 2.0]), lambda e: e.astype(np.float64), False),                              # another dtype
+    (np.float32([1.0, 2.0]), lambda e: e[:1], False),                                             # another shape
+    (np.float32([1.0, 2.0]), lambda e: (e, e), False),                                            # two results
+    (np.float32([1.0, 2.0]), lambda e: None, False),                                              # none
+], ids=["at-tolerance", "one-ulp-past", "one-ulp-past-below", "nan", "inf", "-inf", "same-nan", "same-inf",
+        "other-inf", "lost-nan", "dtype", "shape", "two-results", "no-result"])
+def test_the_check_of_returned_values(x, kernel_result, accepted):
+    backend = backend_with(kernel_returning(kernel_result))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(invalid="ignore"):
+            result = backend.fuse(doubled)(x)
+    assert (not caught) == accepted, [str(w.message) for w in caught]
+    assert (not backend.fallbacks()) == accepted
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(result, kernel_result(x * 2) if accepted else x * 2)  # refused: the plain result
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-10), (np.float16, 1e-2)])
+def test_the_returned_value_tolerance_of_each_dtype(dtype, tolerance):
+    """The last value accepted and the first refused, relative to max(1, the largest value)."""
+    for scale in (1.0, 8.0):
+        edge = dtype(tolerance * scale)
+        if float(edge) > tolerance * scale:  # rounded up: the largest value of the dtype within the tolerance
+            edge = np.nextafter(edge, dtype(0))
+        for value, accepted in ((edge, True), (np.nextafter(edge, dtype(1e3)), False)):
+            backend = backend_with(kernel_returning(lambda e: e + np.asarray([0, value], dtype)))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                backend.fuse(doubled)(np.asarray([scale / 2, 0], dtype))
+            assert (not caught) == accepted, (dtype, scale, value)
+
+
+def test_integer_results_must_be_equal():
+    backend = backend_with(kernel_returning(lambda e: e + np.asarray([0, 1])))
+    with pytest.warns(FusionFallbackWarning, match="output 0 differs"):
+        np.testing.assert_array_equal(backend.fuse(doubled)(np.arange(2)), [0, 2])
+
+
+def test_empty_results_are_equal():
+    backend = backend_with(kernel_returning(lambda e: e))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backend.fuse(doubled)(np.zeros((0,), np.float32)).shape == (0,)
+
+
 def adam_arguments(n=1000, lr=1e-3, weight_decay=1e-2, seed=0):
     """adam_update's arguments at step 1 (AdamW's defaults), float32, numbers as Adam._step_arguments gives them."""
     rng = np.random.default_rng(seed)
