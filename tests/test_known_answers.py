@@ -18,6 +18,7 @@ not make:
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from backends.random import derive_key, device_random, mix64
 
@@ -33,6 +34,40 @@ def test_the_generator_gives_splitmix64s_published_outputs(backend):
     assert bits.dtype == np.uint64
     assert [int(b) for b in bits] == PUBLISHED
     assert [int(b) for b in backend.to_numpy(device_random(backend).bits(SEED, (1, 2)))[0]] == PUBLISHED[:2]
+
+
+def splitmix64(seed: int, n: int) -> list[int]:
+    """SplitMix64 as published (Rosetta Code's pseudocode), written out here: the first ``n`` outputs."""
+    mask, outputs = 2**64 - 1, []
+    for _ in range(n):
+        seed = (seed + 0x9E3779B97F4A7C15) & mask
+        z = seed
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        outputs.append(z ^ (z >> 31))
+    return outputs
+
+
+def test_the_keys_at_both_ends_and_the_word_zero(backend):
+    """Keys 0 and 2^63 - 1 (the range derive_key gives) draw SplitMix64's outputs; 2^63 is refused.
+    The key -γ mod 2^64 makes the first word 0: kept by a mask at p = 0 (bits >= threshold 0)."""
+    assert splitmix64(SEED, 5) == PUBLISHED  # the reference above, checked against the published outputs
+    rng = device_random(backend)
+    for key in (0, 2**63 - 1):
+        assert [int(b) for b in backend.to_numpy(rng.bits(key, (3,)))] == splitmix64(key, 3), key
+    for key in (2**63, -1):
+        with pytest.raises(ValueError, match=rf"^a key must be an integer in \[0, 2\^63\), got {key}; make one with derive_key$"):
+            rng.bits(key, (3,))
+    zero_first = 2**64 - 0x9E3779B97F4A7C15
+    assert int(backend.to_numpy(rng.bits(zero_first, (2,)))[0]) == 0
+    assert backend.to_numpy(rng.keep_mask(zero_first, (2,), 0.0, backend.xp.float32)).tolist() == [1.0, 1.0]
+
+
+def test_one_generator_per_backend():
+    from backends import get_backend
+
+    cpu = get_backend("cpu")
+    assert device_random(cpu) is device_random(cpu)
 
 
 def test_the_host_mixer_is_splitmix64s_finaliser():
