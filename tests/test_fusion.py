@@ -145,31 +145,37 @@ def replace_first(value):
 TOLERANCE32 = np.float32(1e-4)
 
 
-@pytest.mark.parametrize("x, kernel_result, accepted", [
-    (np.float32([0.0, 0.0]), replace_first(TOLERANCE32), True),                                  # at the tolerance
-    (np.float32([0.0, 0.0]), replace_first(np.nextafter(TOLERANCE32, np.float32(1))), False),    # one ulp past it
-    (np.float32([0.0, 0.0]), replace_first(-np.nextafter(TOLERANCE32, np.float32(1))), False),   # below, too
-    (np.float32([1.0, 2.0]), replace_first(np.nan), False),                                       # a NaN of its own
-    (np.float32([1.0, 2.0]), replace_first(np.inf), False),                                       # an infinity
-    (np.float32([1.0, 2.0]), replace_first(-np.inf), False),
-    (np.float32([np.nan, 2.0]), lambda e: e, True),                                               # the plain's NaN
-    (np.float32([np.inf, 2.0]), lambda e: e, True),                                               # the plain's inf
-    (np.float32([np.inf, 2.0]), replace_first(-np.inf), False),                                   # the other inf
-    (np.float32([np.nan, 2.0]), replace_first(1.0), False),                                       # NaN lost
-    (np.float32([1.0, 2.0]), lambda e: e.astype(np.float64), False),                              # another dtype
-    (np.float32([1.0, 2.0]), lambda e: e[:1], False),                                             # another shape
-    (np.float32([1.0, 2.0]), lambda e: (e, e), False),                                            # two results
-    (np.float32([1.0, 2.0]), lambda e: None, False),                                              # none
+NEW_SPECIAL = "NaN or infinity where the plain function has none (or the reverse)"
+
+
+@pytest.mark.parametrize("x, kernel_result, problem", [
+    (np.float32([0.0, 0.0]), replace_first(TOLERANCE32), None),                                   # at the tolerance
+    (np.float32([0.0, 0.0]), replace_first(np.nextafter(TOLERANCE32, np.float32(1))), "output 0 differs by 0.0001"),
+    (np.float32([0.0, 0.0]), replace_first(-np.nextafter(TOLERANCE32, np.float32(1))), "output 0 differs by 0.0001"),
+    (np.float32([1.0, 2.0]), replace_first(np.nan), f"output 0: {NEW_SPECIAL}"),                 # a NaN of its own
+    (np.float32([1.0, 2.0]), replace_first(np.inf), f"output 0: {NEW_SPECIAL}"),                 # an infinity
+    (np.float32([1.0, 2.0]), replace_first(-np.inf), f"output 0: {NEW_SPECIAL}"),
+    (np.float32([np.nan, 2.0]), lambda e: e, None),                                               # the plain's NaN
+    (np.float32([np.inf, 2.0]), lambda e: e, None),                                               # the plain's inf
+    (np.float32([np.inf, 2.0]), replace_first(-np.inf), f"output 0: {NEW_SPECIAL}"),             # the other inf
+    (np.float32([np.nan, 2.0]), replace_first(1.0), f"output 0: {NEW_SPECIAL}"),                 # NaN lost
+    (np.float32([1.0, 2.0]), lambda e: e.astype(np.float64), "output 0: (2,) float64 instead of (2,) float32"),
+    (np.float32([1.0, 2.0]), lambda e: e[:1], "output 0: (1,) float32 instead of (2,) float32"),
+    (np.float32([1.0, 2.0]), lambda e: (e, e), "2 results instead of 1"),
+    (np.float32([1.0, 2.0]), lambda e: None, "output 0: one version returned nothing"),
 ], ids=["at-tolerance", "one-ulp-past", "one-ulp-past-below", "nan", "inf", "-inf", "same-nan", "same-inf",
         "other-inf", "lost-nan", "dtype", "shape", "two-results", "no-result"])
-def test_the_check_of_returned_values(x, kernel_result, accepted):
+def test_the_check_of_returned_values(x, kernel_result, problem):
     backend = backend_with(kernel_returning(kernel_result))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with np.errstate(invalid="ignore"):
             result = backend.fuse(doubled)(x)
-    assert (not caught) == accepted, [str(w.message) for w in caught]
-    assert (not backend.fallbacks()) == accepted
+    accepted = problem is None
+    assert [str(w.message) for w in caught] == ([] if accepted else [
+        f"xpnet: the fused kernel 'doubled' was not used ({problem}); "
+        f"running its plain version, which is slower but gives the same result"])
+    assert backend.fallbacks() == ([] if accepted else [f"doubled: {problem}"])
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(result, kernel_result(x * 2) if accepted else x * 2)  # refused: the plain result
 
@@ -200,6 +206,86 @@ def test_empty_results_are_equal():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert backend.fuse(doubled)(np.zeros((0,), np.float32)).shape == (0,)
+
+
+def ulps_up(values, k):
+    for _ in range(k):
+        values = np.nextafter(values, np.float32(np.inf))
+    return values
+
+
+@pytest.mark.parametrize("ulps, accepted", [(4, True), (5, False)])
+def test_an_in_place_change_may_differ_by_four_ulps_of_the_largest_value_involved(ulps, accepted):
+    """y = 3 plus x = 1: the values involved are 3, 1 and 4, so 4 ulps of 4.0 are allowed, 5 are not."""
+    backend = backend_with(kernel_writing(lambda e: ulps_up(e, ulps)))
+    y = np.float32([3.0, 3.0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend.fuse(shift_in_place)(y, np.float32([1.0, 1.0]))
+    messages = [str(w.message) for w in caught]
+    if accepted:
+        assert not messages
+        np.testing.assert_array_equal(y, ulps_up(np.float32([4.0, 4.0]), 4))
+    else:
+        assert messages == ["xpnet: the fused kernel 'shift_in_place' was not used (argument 0: changed differently, by "
+                            "up to 5 ulps of the values); running its plain version, which is slower but gives the same "
+                            "result"]
+        np.testing.assert_array_equal(y, [4.0, 4.0])
+
+
+def test_an_integer_argument_must_change_exactly():
+    backend = backend_with(kernel_writing(lambda e: e + 1))
+    y = np.array([3, 4])
+    with pytest.warns(FusionFallbackWarning, match=r"\(argument 0: changed differently\);"):
+        backend.fuse(shift_in_place)(y, np.array([1, 1]))
+    np.testing.assert_array_equal(y, [4, 5])
+
+
+def test_a_compile_error_is_named_in_the_warning():
+    def compile_(function, name):
+        def kernel(*args):
+            raise NotImplementedError("keepdims is not supported in fusion")
+        return kernel
+
+    backend = backend_with(compile_)
+    with pytest.warns(FusionFallbackWarning) as caught:
+        backend.fuse(doubled)(np.ones(2))
+    assert str(caught[0].message).startswith(
+        "xpnet: the fused kernel 'doubled' was not used (NotImplementedError: keepdims is not supported in fusion); ")
+    assert backend.fallbacks() == ["doubled: NotImplementedError: keepdims is not supported in fusion"]
+
+
+def scaled(xp, x, a):
+    """a·x, returned."""
+    return x * a
+
+
+@pytest.mark.parametrize("first, second", [
+    ((np.ones(2, np.float32), 2.0), (np.ones((2, 2), np.float32), 2.0)),   # another rank
+    ((np.ones(2, np.float32), 2.0), (np.ones(2, np.float64), 2.0)),        # another dtype
+    ((np.ones(2, np.float64), 2.0), (np.ones(2, np.float64), 2)),          # another kind of number
+], ids=["rank", "dtype", "number"])
+def test_each_new_signature_is_checked_again(first, second):
+    """A kernel right for one signature may be wrong for another (CuPy compiles one per signature)."""
+    seen = []
+
+    def compile_(function, name):
+        def kernel(*args):
+            seen.append(args)
+            right = function(*args)
+            return right if len(seen) == 1 else right + 1  # wrong from its second signature on
+        return kernel
+
+    backend = backend_with(compile_)
+    fused = backend.fuse(scaled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused(*first)
+        fused(*first)  # the same signature: not checked again, the kernel is trusted
+    with pytest.warns(FusionFallbackWarning):
+        np.testing.assert_array_equal(fused(*second), second[0] * second[1])
+    assert list(fused.checked().values()) == [True, False]
+    assert len(fused.problems) == 1
 
 
 def adam_arguments(n=1000, lr=1e-3, weight_decay=1e-2, seed=0):
