@@ -239,6 +239,156 @@ def test_an_integer_argument_must_change_exactly():
     with pytest.warns(FusionFallbackWarning, match=r"\(argument 0: changed differently\);"):
         backend.fuse(shift_in_place)(y, np.array([1, 1]))
     np.testing.assert_array_equal(y, [4, 5])
+    exact = backend_with(kernel_writing(lambda e: e))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact.fuse(shift_in_place)(y, np.array([1, 1]))
+    np.testing.assert_array_equal(y, [5, 6])
+
+
+def add_to_first(xp, y, x, unused):
+    """y ← y + x, in place; ``unused`` only sits beside them (its size still counts, if finite)."""
+    y += x
+
+
+# Each case: (y, x, unused, how far the kernel's change is off, accepted). float32, eps = 2^-23. The
+# allowed difference is 4 (size·eps + smallest normal), size the largest finite value involved
+# (before, after, and the other arguments of the same shape); each "past" case is within what a
+# check that forgot that value would allow. All values here are exact in float32.
+EPS32 = float(np.finfo(np.float32).eps)
+TINY32 = float(np.finfo(np.float32).smallest_normal)
+SUBNORMAL32 = 2.0**-149
+# All zero but the kernel's own result a: a = 4 (a·eps + smallest normal) at a = 4·tiny + 16 subnormals.
+ZERO_EDGE = 4 * TINY32 + 16 * SUBNORMAL32
+
+
+@pytest.mark.parametrize("y, x, unused, off, accepted", [
+    (-10.0, 5.0, 0.0, 32 * EPS32, True),      # the old value, 10, is the largest: 40 eps allowed
+    (-10.0, 5.0, 0.0, 48 * EPS32, False),
+    (5.0, 5.0, 0.0, 32 * EPS32, True),        # the new value, 10
+    (5.0, -10.0, 0.0, 32 * EPS32, True),      # x, 10
+    (5.0, -10.0, 0.0, 48 * EPS32, False),
+    (2.5, 2.5, 10.0, 32 * EPS32, True),       # an argument the function does not use, 10
+    (1.0, 1.0, np.inf, 0.01, False),          # an infinite one is left out: it must not allow everything
+    (0.0, 0.0, 0.0, ZERO_EDGE, True),         # the edge itself is allowed
+    (0.0, 0.0, 0.0, float(np.nextafter(np.float32(ZERO_EDGE), np.float32(1))), False),  # the next float32
+], ids=["old-value", "old-value-past", "new-value", "x", "x-past", "unused", "unused-inf", "zero", "zero-past"])
+def test_the_size_of_an_in_place_change_is_that_of_the_largest_value_involved(y, x, unused, off, accepted):
+    def compile_(function, name):
+        def kernel(y_, x_, unused_):
+            function(y_, x_, unused_)
+            y_ += np.float32(off)  # the kernel's change, off by ``off``
+        return kernel
+
+    backend = backend_with(compile_)
+    y_array = np.float32([y])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend.fuse(add_to_first)(y_array, np.float32([x]), np.float32([unused]))
+    assert (not caught) == accepted, [str(w.message) for w in caught]
+
+
+def two_results(xp, x, n):
+    """(n, 2·x, x > 0): a number, a float array and a bool array."""
+    return n, x * 2, x > 0
+
+
+@pytest.mark.parametrize("wrong, problem", [
+    (None, None),
+    (1, "output 1 differs by 1"),
+    (2, "output 2 differs"),
+], ids=["right", "second-wrong", "third-wrong"])
+def test_every_output_of_a_function_with_several_is_compared(wrong, problem):
+    """Past a number, an empty array or an equal integer output, the outputs after it are still checked."""
+    def compile_(function, name):
+        def kernel(*args):
+            results = list(function(*args))
+            if wrong == 1:
+                results[1] = results[1] + 1
+            elif wrong == 2:
+                results[2] = ~results[2]
+            return tuple(results)
+        return kernel
+
+    for x in (np.float32([1.0, -2.0]), np.float32([])):
+        backend = backend_with(compile_)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backend.fuse(two_results)(x, 3)
+        expected = [] if problem is None or not x.size else [f"two_results: {problem}"]
+        assert backend.fallbacks() == expected, (x, [str(w.message) for w in caught])
+
+
+def test_the_float_tolerance_of_a_dtype_outside_the_table():
+    """np.longdouble has no entry: 1e-4 of the size, like float32."""
+    for off, accepted in ((5e-5, True), (2e-4, False)):
+        backend = backend_with(kernel_returning(lambda e: e + np.longdouble(off)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backend.fuse(doubled)(np.ones(2, np.longdouble))
+        assert (not caught) == accepted, off
+
+
+def strict_backend_with(compile_):
+    from helpers import backend_or_skip
+
+    strict = backend_or_skip("strict")
+    return dataclasses.replace(strict, _compile=compile_, fusion_namespace=strict.xp, _fused={})
+
+
+def adam_like(xp, param, grad, maximum, lr):
+    """param ← param - lr·grad, returned doubled too; ``maximum`` may be None (as Adam's without amsgrad)."""
+    param -= lr * grad
+    return param * 2
+
+
+def test_the_check_runs_on_array_api_arrays():
+    """The check uses only the array API: on strict, a right kernel (with a None argument, as Adam passes)
+    is used, and a float64 result off by 1e-9 (above float64's 1e-10) is not."""
+    def right(function, name):
+        return function
+
+    backend = strict_backend_with(right)
+    xp = backend.xp
+    param = xp.asarray([1.0, 2.0], dtype=xp.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend.fuse(adam_like)(param, xp.asarray([1.0, 1.0], dtype=xp.float64), None, 0.5)
+    assert backend.fallbacks() == [] and backend.to_numpy(param).tolist() == [0.5, 1.5]
+
+    def off(function, name):
+        return lambda *args: function(*args) + xp.asarray(1e-9, dtype=xp.float64)
+
+    backend = strict_backend_with(off)
+    with pytest.warns(FusionFallbackWarning, match=r"output 0 differs by 1e-09"):
+        backend.fuse(doubled)(xp.asarray([1.0, 2.0], dtype=xp.float64))
+
+
+def test_plain_backends_run_the_plain_function_without_a_check():
+    """cpu and strict have no compiler: nothing is checked, nothing falls back."""
+    from backends import get_backend
+
+    cpu = get_backend("cpu")
+    fused = cpu.fuse(doubled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(fused(np.ones(2)), [2.0, 2.0])
+    assert fused.checked() == {} and fused.problems == {} and cpu.fallbacks() == []
+
+
+def test_a_numpy_scalar_is_a_number_not_an_array():
+    """A float64 scalar (from host arithmetic) is passed as a number: its signature is its type."""
+    backend = backend_with(lambda function, name: function)
+    fused = backend.fuse(scaled)
+    fused(np.ones(2), np.float64(2.0))
+    assert list(fused.checked()) == [((np.dtype(np.float64), 1), np.float64)]
+
+
+def test_the_warning_points_at_the_code_that_called_the_fused_function():
+    backend = backend_with(kernel_returning(lambda e: e + 1))
+    with pytest.warns(FusionFallbackWarning) as caught:
+        backend.fuse(doubled)(np.ones(2))
+    assert caught[0].filename == __file__
 
 
 def test_a_compile_error_is_named_in_the_warning():
