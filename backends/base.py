@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .counting import as_one_operation, count_transfer, matmul_launches
+from .counting import as_one_operation, matmul_launches, one_transfer
 from .fusion import FusedFunction
 
 FLOAT_DTYPES = ("float32", "float64")
@@ -147,8 +147,8 @@ class Backend:
         """Bring an array of this backend back to the host as a NumPy array."""
         if isinstance(array, np.ndarray):
             return array
-        count_transfer()
-        return self._to_host(array)
+        with one_transfer():
+            return self._to_host(array)
 
     def synchronize(self) -> None:
         """Wait for all queued device work (a no-op on the CPU); use it around timings."""

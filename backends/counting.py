@@ -27,8 +27,11 @@ What does not count: views (basic slicing, ``reshape`` of a contiguous array,
 about dtypes and shapes. A function that the backend fuses into one kernel on a GPU
 (``Backend.fuse``) counts once, whatever it does inside.
 
-Device→host transfers (``float(x)``, ``int(x)``, ``bool(x)``, ``Backend.to_numpy``) are
-counted separately in ``transfers``: inside a training step there should be none.
+Device→host transfers are counted separately in ``transfers``: inside a training step there
+should be none. Each of these is one: ``float(x)``, ``int(x)``, ``bool(x)`` (an ``if`` on an
+array), ``complex(x)``, ``operator.index(x)`` (an array used as a Python index or
+``range`` bound), ``np.asarray(x)`` (``__array__``), ``np.from_dlpack(x)`` (``__dlpack__``),
+iterating over an array, and ``Backend.to_numpy``. tests/test_counting.py holds each.
 
 Measured against CUPTI's kernel counts on an H200 (issue 9), this count of xpnet's
 models before the GPU rewrite was within about 5 %.
@@ -109,10 +112,23 @@ def as_one_operation(name: str, operations: int = 1, fused: bool = False):
         _STATE.depth -= 1
 
 
-def count_transfer() -> None:
-    """Record one device→host transfer (Backend.to_numpy calls this)."""
-    if _STATE.counts is not None and not _STATE.depth:
-        _STATE.counts.transfers += 1
+@contextlib.contextmanager
+def one_transfer():
+    """Count the block as one device→host transfer (Backend.to_numpy runs its copy inside).
+
+    What the block does to bring the array over (``__dlpack__`` on the strict backend) is
+    that same transfer, not a second one.
+    """
+    counts = _STATE.counts
+    if counts is None or _STATE.depth:
+        yield
+        return
+    counts.transfers += 1
+    _STATE.depth += 1
+    try:
+        yield
+    finally:
+        _STATE.depth -= 1
 
 
 def _arrays_in(values) -> list[np.ndarray]:

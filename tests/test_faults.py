@@ -49,9 +49,11 @@ def start(out: Path, cache: Path) -> subprocess.Popen:
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
 
 
-def interrupted_at(delay: float, signum: int, out: Path, cache: Path) -> tuple[int, str, str]:
+def interrupted_at(delay: float, signum: int, out: Path, cache: Path) -> tuple[int, str, str, float]:
+    """Run, send ``signum`` ``delay`` seconds after the start: (exit code, stdout, stderr, when it was sent)."""
     process = start(out, cache)
     time.sleep(delay)
+    sent = time.time()  # the clock that stamps files, to compare with checkpoint.npz's
     process.send_signal(signum)
     try:
         stdout, stderr = process.communicate(timeout=120)
@@ -59,11 +61,26 @@ def interrupted_at(delay: float, signum: int, out: Path, cache: Path) -> tuple[i
         if process.poll() is None:
             process.kill()
             process.communicate()
-    return process.returncode, stdout, stderr
+    return process.returncode, stdout, stderr, sent
 
 
-def check_outcome(code: int, stdout: str, stderr: str, signum: int, out: Path) -> None:
-    """What any moment may give: the run stopped (130) or finished (0), and its folder is sound."""
+# Linux stamps a file's modification time from a coarse clock, up to one tick (at most 10 ms)
+# behind the moment of the write: a signal sent more than this after checkpoint.npz's stamp was
+# sent after the last epoch was saved. (After that file come best.npz, metrics.json and four
+# plots, far longer than this, during which a signal still ends the run with 130.)
+FILE_CLOCK_TICK = 0.02
+
+
+def check_finished_after_the_signal(out: Path, sent: float) -> None:
+    """A run that finished despite the signal: only if the signal came after its last epoch was saved."""
+    saved = (out / "checkpoint.npz").stat().st_mtime
+    assert sent > saved + FILE_CLOCK_TICK, (f"the run finished although the signal was sent {saved - sent:+.3f} s "
+                                            f"before its last checkpoint was saved: the signal was lost")
+
+
+def check_outcome(code: int, stdout: str, stderr: str, signum: int, out: Path, sent: float) -> None:
+    """What any moment may give: the run stopped (130), or finished (0) when the signal came after its last
+    epoch was saved, and its folder is sound."""
     files = sorted(os.listdir(out)) if out.exists() else None
     assert files != [], "an empty run folder was left behind"
     assert not [name for name in files or [] if name.startswith(".")], f"lock or temporary file left: {files}"
@@ -75,9 +92,12 @@ def check_outcome(code: int, stdout: str, stderr: str, signum: int, out: Path) -
     assert "Exception ignored" not in stderr, stderr
     if code == -signum:  # killed the system's way: before Python set up its handlers, or while it shut down
         assert files is None or ("done:" in stdout and files == FILES), (stdout, stderr, files)
+        if files is not None:
+            check_finished_after_the_signal(out, sent)
         return
     if code == 0:
         assert files == FILES and load_checkpoint(out / "checkpoint.npz").epoch == 2
+        check_finished_after_the_signal(out, sent)
         return
     assert code == 130, (code, stderr)
     last = stderr.strip().splitlines()[-1]
@@ -94,7 +114,7 @@ def check_outcome(code: int, stdout: str, stderr: str, signum: int, out: Path) -
 def test_a_signal_at_any_moment_loses_nothing(tmp_path):
     cache = tmp_path / "cache"
     started = time.monotonic()
-    code, _, err = interrupted_at(0, 0, tmp_path / "whole", cache)  # signal 0 checks the process, sends nothing
+    code, _, err, _ = interrupted_at(0, 0, tmp_path / "whole", cache)  # signal 0 checks the process, sends nothing
     lifetime = time.monotonic() - started
     assert code == 0, err
     rng = random.Random()
@@ -102,12 +122,21 @@ def test_a_signal_at_any_moment_loses_nothing(tmp_path):
               for i in range(MOMENTS)]
     with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(lambda trial: interrupted_at(*trial, cache), trials))
-    for (delay, signum, out), (code, stdout, stderr) in zip(trials, outcomes):
+    for (delay, signum, out), (code, stdout, stderr, sent) in zip(trials, outcomes):
         try:
-            check_outcome(code, stdout, stderr, signum, out)
+            check_outcome(code, stdout, stderr, signum, out, sent)
         except AssertionError as failure:
             raise AssertionError(f"{signal.Signals(signum).name} {delay:.3f} s after the start "
                                  f"(of a {lifetime:.2f} s run): exit code {code}\n{stderr}") from failure
+
+
+def test_a_finished_run_passes_only_if_the_signal_came_after_its_last_save(finished_run):
+    """The check above refuses exit 0 for a signal sent before (or within a clock tick of) the last save."""
+    saved = (finished_run / "checkpoint.npz").stat().st_mtime
+    check_finished_after_the_signal(finished_run, saved + 2 * FILE_CLOCK_TICK)
+    for sent in (saved - 1.0, saved, saved + FILE_CLOCK_TICK / 2):
+        with pytest.raises(AssertionError, match="the signal was lost"):
+            check_finished_after_the_signal(finished_run, sent)
 
 
 # -- a signal mid-epoch, then an exact resume ------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import warnings
 
 import numpy as np
@@ -119,6 +120,327 @@ def test_the_check_compares_each_change_within_a_few_ulps(x, kernel_result, acce
     plain = np.float32([3.0, -1.0]) + x
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(y, kernel_result(plain) if accepted else plain)  # refused: undone, plain kept
+
+
+def doubled(xp, x):
+    """2·x, returned (the check compares the returned value)."""
+    return x * 2
+
+
+def kernel_returning(values):
+    """A stand-in compiler whose kernel returns ``values(plain result)``."""
+    def compile_(function, name):
+        def kernel(x):
+            return values(function(x))
+        return kernel
+    return compile_
+
+
+def replace_first(value):
+    return lambda e: np.concatenate([np.asarray([value], e.dtype), e[1:]])
+
+
+# The returned value may differ from the plain one by _CHECK_TOLERANCE (1e-4 for float32) of
+# max(1, its largest size): here the plain result is 0 and 0, so exactly 1e-4 (as a float32) is
+# the last value accepted and the next float32 after it the first refused.
+TOLERANCE32 = np.float32(1e-4)
+
+
+NEW_SPECIAL = "NaN or infinity where the plain function has none (or the reverse)"
+
+
+@pytest.mark.parametrize("x, kernel_result, problem", [
+    (np.float32([0.0, 0.0]), replace_first(TOLERANCE32), None),                                   # at the tolerance
+    (np.float32([0.0, 0.0]), replace_first(np.nextafter(TOLERANCE32, np.float32(1))), "output 0 differs by 0.0001"),
+    (np.float32([0.0, 0.0]), replace_first(-np.nextafter(TOLERANCE32, np.float32(1))), "output 0 differs by 0.0001"),
+    (np.float32([1.0, 2.0]), replace_first(np.nan), f"output 0: {NEW_SPECIAL}"),                 # a NaN of its own
+    (np.float32([1.0, 2.0]), replace_first(np.inf), f"output 0: {NEW_SPECIAL}"),                 # an infinity
+    (np.float32([1.0, 2.0]), replace_first(-np.inf), f"output 0: {NEW_SPECIAL}"),
+    (np.float32([np.nan, 2.0]), lambda e: e, None),                                               # the plain's NaN
+    (np.float32([np.inf, 2.0]), lambda e: e, None),                                               # the plain's inf
+    (np.float32([np.inf, 2.0]), replace_first(-np.inf), f"output 0: {NEW_SPECIAL}"),             # the other inf
+    (np.float32([np.nan, 2.0]), replace_first(1.0), f"output 0: {NEW_SPECIAL}"),                 # NaN lost
+    (np.float32([1.0, 2.0]), lambda e: e.astype(np.float64), "output 0: (2,) float64 instead of (2,) float32"),
+    (np.float32([1.0, 2.0]), lambda e: e[:1], "output 0: (1,) float32 instead of (2,) float32"),
+    (np.float32([1.0, 2.0]), lambda e: (e, e), "2 results instead of 1"),
+    (np.float32([1.0, 2.0]), lambda e: None, "output 0: one version returned nothing"),
+], ids=["at-tolerance", "one-ulp-past", "one-ulp-past-below", "nan", "inf", "-inf", "same-nan", "same-inf",
+        "other-inf", "lost-nan", "dtype", "shape", "two-results", "no-result"])
+def test_the_check_of_returned_values(x, kernel_result, problem):
+    backend = backend_with(kernel_returning(kernel_result))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(invalid="ignore"):
+            result = backend.fuse(doubled)(x)
+    accepted = problem is None
+    assert [str(w.message) for w in caught] == ([] if accepted else [
+        f"xpnet: the fused kernel 'doubled' was not used ({problem}); "
+        f"running its plain version, which is slower but gives the same result"])
+    assert backend.fallbacks() == ([] if accepted else [f"doubled: {problem}"])
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(result, kernel_result(x * 2) if accepted else x * 2)  # refused: the plain result
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-10), (np.float16, 1e-2)])
+def test_the_returned_value_tolerance_of_each_dtype(dtype, tolerance):
+    """The last value accepted and the first refused, relative to max(1, the largest value)."""
+    for scale in (1.0, 8.0):
+        edge = dtype(tolerance * scale)
+        if float(edge) > tolerance * scale:  # rounded up: the largest value of the dtype within the tolerance
+            edge = np.nextafter(edge, dtype(0))
+        for value, accepted in ((edge, True), (np.nextafter(edge, dtype(1e3)), False)):
+            backend = backend_with(kernel_returning(lambda e: e + np.asarray([0, value], dtype)))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                backend.fuse(doubled)(np.asarray([scale / 2, 0], dtype))
+            assert (not caught) == accepted, (dtype, scale, value)
+
+
+def test_integer_results_must_be_equal():
+    backend = backend_with(kernel_returning(lambda e: e + np.asarray([0, 1])))
+    with pytest.warns(FusionFallbackWarning, match="output 0 differs"):
+        np.testing.assert_array_equal(backend.fuse(doubled)(np.arange(2)), [0, 2])
+
+
+def test_empty_results_are_equal():
+    backend = backend_with(kernel_returning(lambda e: e))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backend.fuse(doubled)(np.zeros((0,), np.float32)).shape == (0,)
+
+
+def ulps_up(values, k):
+    for _ in range(k):
+        values = np.nextafter(values, np.float32(np.inf))
+    return values
+
+
+@pytest.mark.parametrize("ulps, accepted", [(4, True), (5, False)])
+def test_an_in_place_change_may_differ_by_four_ulps_of_the_largest_value_involved(ulps, accepted):
+    """y = 3 plus x = 1: the values involved are 3, 1 and 4, so 4 ulps of 4.0 are allowed, 5 are not."""
+    backend = backend_with(kernel_writing(lambda e: ulps_up(e, ulps)))
+    y = np.float32([3.0, 3.0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend.fuse(shift_in_place)(y, np.float32([1.0, 1.0]))
+    messages = [str(w.message) for w in caught]
+    if accepted:
+        assert not messages
+        np.testing.assert_array_equal(y, ulps_up(np.float32([4.0, 4.0]), 4))
+    else:
+        assert messages == ["xpnet: the fused kernel 'shift_in_place' was not used (argument 0: changed differently, by "
+                            "up to 5 ulps of the values); running its plain version, which is slower but gives the same "
+                            "result"]
+        np.testing.assert_array_equal(y, [4.0, 4.0])
+
+
+def test_an_integer_argument_must_change_exactly():
+    backend = backend_with(kernel_writing(lambda e: e + 1))
+    y = np.array([3, 4])
+    with pytest.warns(FusionFallbackWarning, match=r"\(argument 0: changed differently\);"):
+        backend.fuse(shift_in_place)(y, np.array([1, 1]))
+    np.testing.assert_array_equal(y, [4, 5])
+    exact = backend_with(kernel_writing(lambda e: e))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exact.fuse(shift_in_place)(y, np.array([1, 1]))
+    np.testing.assert_array_equal(y, [5, 6])
+
+
+def add_to_first(xp, y, x, unused):
+    """y ← y + x, in place; ``unused`` only sits beside them (its size still counts, if finite)."""
+    y += x
+
+
+# Each case: (y, x, unused, how far the kernel's change is off, accepted). float32, eps = 2^-23. The
+# allowed difference is 4 (size·eps + smallest normal), size the largest finite value involved
+# (before, after, and the other arguments of the same shape); each "past" case is within what a
+# check that forgot that value would allow. All values here are exact in float32.
+EPS32 = float(np.finfo(np.float32).eps)
+TINY32 = float(np.finfo(np.float32).smallest_normal)
+SUBNORMAL32 = 2.0**-149
+# All zero but the kernel's own result a: a = 4 (a·eps + smallest normal) at a = 4·tiny + 16 subnormals.
+ZERO_EDGE = 4 * TINY32 + 16 * SUBNORMAL32
+
+
+@pytest.mark.parametrize("y, x, unused, off, accepted", [
+    (-10.0, 5.0, 0.0, 32 * EPS32, True),      # the old value, 10, is the largest: 40 eps allowed
+    (-10.0, 5.0, 0.0, 48 * EPS32, False),
+    (5.0, 5.0, 0.0, 32 * EPS32, True),        # the new value, 10
+    (5.0, -10.0, 0.0, 32 * EPS32, True),      # x, 10
+    (5.0, -10.0, 0.0, 48 * EPS32, False),
+    (2.5, 2.5, 10.0, 32 * EPS32, True),       # an argument the function does not use, 10
+    (1.0, 1.0, np.inf, 0.01, False),          # an infinite one is left out: it must not allow everything
+    (0.0, 0.0, 0.0, ZERO_EDGE, True),         # the edge itself is allowed
+    (0.0, 0.0, 0.0, float(np.nextafter(np.float32(ZERO_EDGE), np.float32(1))), False),  # the next float32
+], ids=["old-value", "old-value-past", "new-value", "x", "x-past", "unused", "unused-inf", "zero", "zero-past"])
+def test_the_size_of_an_in_place_change_is_that_of_the_largest_value_involved(y, x, unused, off, accepted):
+    def compile_(function, name):
+        def kernel(y_, x_, unused_):
+            function(y_, x_, unused_)
+            y_ += np.float32(off)  # the kernel's change, off by ``off``
+        return kernel
+
+    backend = backend_with(compile_)
+    y_array = np.float32([y])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with np.errstate(invalid="ignore"):
+            backend.fuse(add_to_first)(y_array, np.float32([x]), np.float32([unused]))
+    refusals = [str(w.message) for w in caught if issubclass(w.category, FusionFallbackWarning)]
+    assert (not refusals) == accepted == (not backend.fallbacks()), refusals
+    np.testing.assert_array_equal(y_array, np.float32(y) + np.float32(x) + (np.float32(off) if accepted else 0))
+
+
+def four_results(xp, x, empty, n):
+    """(n, 2·empty, x > 0, 2·x): a number, an empty array, a bool array and a float array."""
+    return n, empty * 2, x > 0, x * 2
+
+
+@pytest.mark.parametrize("wrong, problem", [
+    (None, None),
+    (2, "output 2 differs"),
+    (3, "output 3 differs by 1"),
+], ids=["right", "bool-wrong", "last-wrong"])
+def test_every_output_of_a_function_with_several_is_compared(wrong, problem):
+    """Past a number, an empty array and an equal bool output, the outputs after them are still checked."""
+    def compile_(function, name):
+        def kernel(*args):
+            results = list(function(*args))
+            if wrong == 2:
+                results[2] = ~results[2]
+            elif wrong == 3:
+                results[3] = results[3] + 1
+            return tuple(results)
+        return kernel
+
+    backend = backend_with(compile_)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        results = backend.fuse(four_results)(np.float32([1.0, -2.0]), np.float32([]), 3)
+    assert backend.fallbacks() == ([] if problem is None else [f"four_results: {problem}"])
+    assert results[3].tolist() == [2.0, -4.0] and results[2].tolist() == [True, False]  # refused: the plain results
+
+
+def test_the_float_tolerance_of_a_dtype_outside_the_table():
+    """np.longdouble has no entry: 1e-4 of the size, like float32."""
+    for off, accepted in ((5e-5, True), (2e-4, False)):
+        backend = backend_with(kernel_returning(lambda e: e + np.longdouble(off)))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            backend.fuse(doubled)(np.ones(2, np.longdouble))
+        assert (not caught) == accepted, off
+
+
+def strict_backend_with(compile_):
+    from helpers import backend_or_skip
+
+    strict = backend_or_skip("strict")
+    return dataclasses.replace(strict, _compile=compile_, fusion_namespace=strict.xp, _fused={})
+
+
+def adam_like(xp, param, grad, maximum, lr):
+    """param ← param - lr·grad, returned doubled too; ``maximum`` may be None (as Adam's without amsgrad)."""
+    param -= lr * grad
+    return param * 2
+
+
+def test_the_check_runs_on_array_api_arrays():
+    """The check uses only the array API: on strict, a right kernel (with a None argument, as Adam passes)
+    is used, and a float64 result off by 1e-9 (above float64's 1e-10) is not."""
+    def right(function, name):
+        return function
+
+    backend = strict_backend_with(right)
+    xp = backend.xp
+    param = xp.asarray([1.0, 2.0], dtype=xp.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend.fuse(adam_like)(param, xp.asarray([1.0, 1.0], dtype=xp.float64), None, 0.5)
+    assert backend.fallbacks() == [] and backend.to_numpy(param).tolist() == [0.5, 1.5]
+
+    def off(function, name):
+        return lambda *args: function(*args) + xp.asarray(1e-9, dtype=xp.float64)
+
+    backend = strict_backend_with(off)
+    with pytest.warns(FusionFallbackWarning, match=r"output 0 differs by 1e-09"):
+        backend.fuse(doubled)(xp.asarray([1.0, 2.0], dtype=xp.float64))
+
+
+def test_plain_backends_run_the_plain_function_without_a_check():
+    """cpu and strict have no compiler: nothing is checked, nothing falls back."""
+    from backends import get_backend
+
+    cpu = get_backend("cpu")
+    fused = cpu.fuse(doubled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(fused(np.ones(2)), [2.0, 2.0])
+    assert fused.checked() == {} and fused.problems == {} and cpu.fallbacks() == []
+
+
+def test_a_numpy_scalar_is_a_number_not_an_array():
+    """A float64 scalar (from host arithmetic) is passed as a number: its signature is its type."""
+    backend = backend_with(lambda function, name: function)
+    fused = backend.fuse(scaled)
+    fused(np.ones(2), np.float64(2.0))
+    assert list(fused.checked()) == [((np.dtype(np.float64), 1), np.float64)]
+
+
+def test_the_warning_points_at_the_code_that_called_the_fused_function():
+    if os.environ.get("MUTANT_UNDER_TEST"):
+        pytest.skip("under mutmut every method call passes through its trampoline: the stack is deeper")
+    backend = backend_with(kernel_returning(lambda e: e + 1))
+    with pytest.warns(FusionFallbackWarning) as caught:
+        backend.fuse(doubled)(np.ones(2))
+    assert caught[0].filename == __file__
+
+
+def test_a_compile_error_is_named_in_the_warning():
+    def compile_(function, name):
+        def kernel(*args):
+            raise NotImplementedError("keepdims is not supported in fusion")
+        return kernel
+
+    backend = backend_with(compile_)
+    with pytest.warns(FusionFallbackWarning) as caught:
+        backend.fuse(doubled)(np.ones(2))
+    assert str(caught[0].message).startswith(
+        "xpnet: the fused kernel 'doubled' was not used (NotImplementedError: keepdims is not supported in fusion); ")
+    assert backend.fallbacks() == ["doubled: NotImplementedError: keepdims is not supported in fusion"]
+
+
+def scaled(xp, x, a):
+    """a·x, returned."""
+    return x * a
+
+
+@pytest.mark.parametrize("first, second", [
+    ((np.ones(2, np.float32), 2.0), (np.ones((2, 2), np.float32), 2.0)),   # another rank
+    ((np.ones(2, np.float32), 2.0), (np.ones(2, np.float64), 2.0)),        # another dtype
+    ((np.ones(2, np.float64), 2.0), (np.ones(2, np.float64), 2)),          # another kind of number
+], ids=["rank", "dtype", "number"])
+def test_each_new_signature_is_checked_again(first, second):
+    """A kernel right for one signature may be wrong for another (CuPy compiles one per signature)."""
+    seen = []
+
+    def compile_(function, name):
+        def kernel(*args):
+            seen.append(args)
+            right = function(*args)
+            return right if len(seen) == 1 else right + 1  # wrong from its second signature on
+        return kernel
+
+    backend = backend_with(compile_)
+    fused = backend.fuse(scaled)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused(*first)
+        fused(*first)  # the same signature: not checked again, the kernel is trusted
+    with pytest.warns(FusionFallbackWarning):
+        np.testing.assert_array_equal(fused(*second), second[0] * second[1])
+    assert list(fused.checked().values()) == [True, False]
+    assert len(fused.problems) == 1
 
 
 def adam_arguments(n=1000, lr=1e-3, weight_decay=1e-2, seed=0):

@@ -4,6 +4,7 @@ signals sent to real runs are in test_faults.py."""
 from __future__ import annotations
 
 import signal
+import sys
 
 import pytest
 
@@ -49,3 +50,119 @@ def test_an_interrupt_swallowed_by_a_finalizer_stops_the_next_batch(capsys):
     finally:
         interrupts.restore_signals()
     assert "Exception ignored" not in capsys.readouterr().err
+
+
+def test_a_signal_recorded_before_the_handlers_is_acted_on():
+    """cli.py records signals during its imports and hands the first to catch_signals."""
+    interrupts.catch_signals(received=signal.SIGTERM)
+    try:
+        assert interrupts.received() == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.check()
+    finally:
+        interrupts.restore_signals()
+    interrupts.catch_signals()
+    try:
+        interrupts.check()  # a fresh start forgets the earlier run's signal
+        assert interrupts.received() is None
+    finally:
+        interrupts.restore_signals()
+
+
+def test_the_first_signal_is_the_one_recorded():
+    interrupts.catch_signals()
+    try:
+        with interrupts.deferred():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)
+        assert interrupts.received() == signal.SIGTERM
+    finally:
+        interrupts.restore_signals()
+
+
+def test_while_shutting_down_signals_are_only_recorded():
+    """Even inside (and after) a deferred() block: the clean-up after an interrupt is not cut short."""
+    interrupts.catch_signals()
+    try:
+        interrupts.shutting_down()
+        signal.raise_signal(signal.SIGINT)
+        with interrupts.deferred():
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)
+        interrupts.check()
+        assert interrupts.received() == signal.SIGINT
+    finally:
+        interrupts.restore_signals()
+    assert interrupts.received() is None and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_without_catch_signals_nothing_changes():
+    """A library user's program: Python's own handler raises at once, and shutting_down() leaves it so."""
+    interrupts.shutting_down()
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+    interrupts.check()
+    with interrupts.deferred():
+        pass
+    assert interrupts.received() is None
+
+
+def test_catching_twice_restores_the_original_handlers():
+    interrupts.catch_signals()
+    interrupts.catch_signals()
+    interrupts.restore_signals()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_the_stopping_loader_is_its_loader_otherwise():
+    class Loader(list):
+        epoch = 7
+
+    loader = interrupts.StopOnSignal(Loader([1, 2, 3]))
+    assert len(loader) == 3 and loader.epoch == 7 and list(loader) == [1, 2, 3]
+
+
+class _RaisesWhenCollected:
+    def __init__(self, error):
+        self.error = error
+
+    def __del__(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("signalled", [False, True], ids=["no-signal", "after-a-signal"])
+def test_other_unraisable_exceptions_are_still_reported(monkeypatch, signalled):
+    """Only a KeyboardInterrupt that stands for a recorded signal is kept quiet; the hook is given back."""
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reported.append(unraisable.exc_type))
+    previous = sys.unraisablehook
+    interrupts.catch_signals()
+    try:
+        if signalled:
+            with interrupts.deferred():
+                signal.raise_signal(signal.SIGINT)
+        with interrupts.quiet_unraisable():
+            _RaisesWhenCollected(ValueError("a real problem"))
+            _RaisesWhenCollected(KeyboardInterrupt())
+        assert sys.unraisablehook is previous
+    finally:
+        interrupts.restore_signals()
+    assert reported == ([ValueError] if signalled else [ValueError, KeyboardInterrupt])
+
+
+def test_import_whole_finishes_the_import_then_stops(monkeypatch):
+    imported = []
+
+    def import_module(name):
+        signal.raise_signal(signal.SIGINT)  # during the import: recorded only
+        imported.append(name)
+
+    monkeypatch.setattr(interrupts.importlib, "import_module", import_module)
+    interrupts.catch_signals()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            interrupts.import_whole("json", "csv")
+        assert imported == ["json", "csv"]
+    finally:
+        interrupts.restore_signals()

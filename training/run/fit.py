@@ -129,6 +129,7 @@ def train(config: RunConfig, *, log=None) -> RunResult:
                                                                            aside, log)
         with np_quiet(), out_of_memory_advice("training", f"try a smaller {setting('batch_size')}"):
             trainer.fit(train_loader, test_loader, config.epochs, start_epoch=start_epoch)
+        interrupts.check()  # a signal recorded while the last epoch was saved (its file finished first) still stops the run
         interrupted = trainer.interrupted
     except KeyboardInterrupt:
         interrupted = True
