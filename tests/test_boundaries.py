@@ -182,6 +182,12 @@ def range_ends(rule) -> tuple[list, list]:
         high = rule.kind(rule.below)
         accepted.append(step_down(high))
         refused.append(high)
+    elif rule.maximum is not None:  # at most this much: the most the program can honour
+        high = rule.kind(rule.maximum)
+        accepted.append(high)
+        refused.append(step_up(high))
+        if rule.kind is float:
+            refused.append(math.inf)
     else:
         accepted.append(rule.kind(10**30) if rule.kind is int else BIGGEST)
         if rule.kind is float:
