@@ -357,7 +357,7 @@ def adam_after_one_step(shapes=SHAPES, **kwargs):
 
 def test_load_refuses_another_optimizer_type():
     sgd_state = SGD(adam_after_one_step().params, lr=0.1).state_dict()
-    with pytest.raises(ValueError, match="saved by SGD, expected Adam"):
+    with pytest.raises(ValueError, match="^cannot load optimizer state into Adam: the state was saved by SGD, expected Adam$"):
         adam_after_one_step().load_state_dict(sgd_state)
     with pytest.raises(ValueError, match="saved by Adam, expected AdamW"):
         AdamW(adam_after_one_step().params).load_state_dict(adam_after_one_step().state_dict())
@@ -404,6 +404,54 @@ def test_load_refuses_malformed_dicts():
 # --- argument checks ------------------------------------------------------------------
 def one_param():
     return [Parameter(np.zeros(3), name="w")]
+
+
+# torch.optim's defaults, and one value other than the default for each hyperparameter.
+DEFAULTS = {
+    SGD: dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
+    Adam: dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False),
+    AdamW: dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False),
+}
+OTHERS = {
+    SGD: dict(lr=0.25, momentum=0.5, dampening=0.0, weight_decay=0.125, nesterov=True),
+    Adam: dict(lr=0.25, betas=(0.5, 0.75), eps=1e-6, weight_decay=0.125, amsgrad=True),
+    AdamW: dict(lr=0.25, betas=(0.5, 0.75), eps=1e-6, weight_decay=0.125, amsgrad=True),
+}
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam, AdamW])
+def test_defaults_are_torchs_and_every_argument_is_kept(cls):
+    if cls is SGD:  # SGD has no default learning rate, as in torch
+        assert SGD(one_param(), lr=0.1).hyperparameters() == {"lr": 0.1, **DEFAULTS[SGD]}
+    else:
+        assert cls(one_param()).hyperparameters() == DEFAULTS[cls]
+    assert cls(one_param(), **OTHERS[cls]).hyperparameters() == OTHERS[cls]
+
+
+def test_the_ends_of_each_range_are_accepted():
+    """0 is a valid learning rate, momentum, dampening, weight decay, beta and eps (only
+    negative values, NaN and betas of 1 are refused); each still updates as torch would."""
+    init, grads = make_problem()
+    cpu = get_backend("cpu")
+    for cls, kwargs in [(SGD, dict(lr=0.0, momentum=0.0, dampening=0.0, weight_decay=0.0)),
+                        (Adam, dict(lr=0.05, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0))]:
+        params = make_params(cpu, init, "float64")
+        opt = cls(params, **kwargs)
+        for step_grads in grads:
+            set_grads(cpu, params, step_grads, "float64")
+            opt.step()
+        for p, want in zip(params, REFERENCES[cls](init, grads, **kwargs)):
+            np.testing.assert_allclose(p.data, want, rtol=1e-12, atol=1e-13)
+
+
+def test_sgd_without_momentum_keeps_no_state():
+    """Plain SGD needs no momentum buffer: none is allocated, and its checkpoint state is empty."""
+    init, grads = make_problem()
+    params = make_params(get_backend("cpu"), init, "float64")
+    opt = SGD(params, lr=0.1)
+    set_grads(get_backend("cpu"), params, grads[0], "float64")
+    opt.step()
+    assert opt.state == [{}, {}, {}] and opt.state_dict()["state"] == {}
 
 
 @pytest.mark.parametrize(
