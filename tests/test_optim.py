@@ -116,11 +116,15 @@ CONFIGS = {
     "sgd-nesterov": (SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
     "sgd-weight-decay": (SGD, dict(lr=0.1, weight_decay=0.05)),
     "sgd-nesterov-weight-decay": (SGD, dict(lr=0.05, momentum=0.8, weight_decay=0.1, nesterov=True)),
+    # The ends of the ranges: dampening 1 (b ← μb after the first step), weight decay 1.
+    "sgd-dampening-1-weight-decay-1": (SGD, dict(lr=0.05, momentum=0.8, dampening=1.0, weight_decay=1.0)),
     "adam": (Adam, dict(lr=0.05)),
     "adam-weight-decay": (Adam, dict(lr=0.05, weight_decay=0.1)),
+    "adam-weight-decay-1": (Adam, dict(lr=0.05, weight_decay=1.0)),
     "adam-amsgrad": (Adam, dict(lr=0.05, betas=(0.8, 0.99), amsgrad=True)),
     "adamw": (AdamW, dict(lr=0.05)),
     "adamw-amsgrad": (AdamW, dict(lr=0.05, weight_decay=0.1, amsgrad=True)),
+    "adamw-weight-decay-1": (AdamW, dict(lr=0.05, weight_decay=1.0)),
 }
 
 
