@@ -401,8 +401,29 @@ def test_load_refuses_malformed_dicts():
         opt.load_state_dict(dict(good, hyper=SGD(opt.params, lr=1).hyperparameters()))
     with pytest.raises(ValueError, match="invalid learning rate"):
         opt.load_state_dict(dict(good, hyper=dict(good["hyper"], lr=-1.0)))
-    with pytest.raises(ValueError, match="state for parameter 7, but there are only 3"):
-        opt.load_state_dict(dict(good, state={7: good["state"][0]}))
+    for index in (7, 3, -1):  # 3: one past the last parameter
+        with pytest.raises(ValueError, match=f"state for parameter {index}, but there are only 3"):
+            opt.load_state_dict(dict(good, state={index: good["state"][0]}))
+    with pytest.raises(ValueError, match=r"parameter 1 \(p1\): 'exp_avg' has shape \(\), expected \(5,\)"):
+        opt.load_state_dict(dict(good, state={1: dict(good["state"][1], exp_avg=[0.5] * 5)}))  # a list, hand-edited
+
+
+def test_load_names_an_unnamed_parameter_as_such():
+    params = [Parameter(np.zeros(3))]
+    opt = Adam(params)
+    params[0].grad = np.ones(3)
+    opt.step()
+    state = opt.state_dict()
+    del state["state"][0]["step"]
+    with pytest.raises(ValueError, match=r"parameter 0 \(unnamed\) has state \['exp_avg', 'exp_avg_sq'\]"):
+        opt.load_state_dict(state)
+
+
+def test_repr_shows_the_parameter_count_and_every_hyperparameter():
+    assert repr(SGD(one_param() + one_param(), lr=0.1, momentum=0.9)) == (
+        "SGD(2 parameters, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False)")
+    assert repr(AdamW(one_param() + one_param())) == (
+        "AdamW(2 parameters, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, amsgrad=False)")
 
 
 # --- argument checks ------------------------------------------------------------------
