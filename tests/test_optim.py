@@ -363,6 +363,26 @@ def test_state_dict_round_trip_resumes_exactly(backend, config):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("config", ["sgd-momentum-dampening", "adam"])
+def test_a_parameter_not_yet_updated_at_the_save_starts_fresh_after_the_load(backend, config):
+    """Its first update after the resume is a first update (SGD: b ← g; Adam: t = 1), as without the save."""
+    cls, kwargs = CONFIGS[config]
+    init, grads = make_problem()
+    params = make_params(backend, init, "float64")
+    opt = cls(params, **kwargs)
+    set_grads(backend, params, [grads[0][0], grads[0][1], None], "float64")
+    opt.step()
+    resumed_params = make_params(backend, values(backend, params), "float64")
+    resumed = cls(resumed_params, **kwargs)
+    resumed.load_state_dict(checkpoint_round_trip(backend, opt.state_dict()))
+    for step_grads in grads[1:3]:
+        for ps, o in ((params, opt), (resumed_params, resumed)):
+            set_grads(backend, ps, [g if g is not None else grads[0][2] for g in step_grads], "float64")
+            o.step()
+    for a, b in zip(values(backend, params), values(backend, resumed_params)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_state_dict_is_a_snapshot(backend):
     init, grads = make_problem()
     params = make_params(backend, init, "float64")
