@@ -463,7 +463,7 @@ def test_load_refuses_state_that_does_not_fit_the_hyperparameters():
 def test_load_refuses_malformed_dicts():
     opt = adam_after_one_step()
     good = opt.state_dict()
-    with pytest.raises(ValueError, match="expected a dict"):
+    with pytest.raises(ValueError, match=r"expected a dict from state_dict\(\), got list$"):
         opt.load_state_dict([1, 2])
     with pytest.raises(ValueError, match=r"missing key\(s\) \['num_params'\]"):
         opt.load_state_dict({k: v for k, v in good.items() if k != "num_params"})
