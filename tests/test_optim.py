@@ -395,6 +395,26 @@ def test_a_parameter_not_yet_updated_at_the_save_starts_fresh_after_the_load(bac
         np.testing.assert_array_equal(a, b)
 
 
+def test_load_takes_torchs_key_order_and_casts_to_the_parameters_dtype(backend):
+    """torch puts "step" first in a parameter's state; arrays saved in float64 load into float32."""
+    cpu = get_backend("cpu")
+    init, grads = make_problem()
+    source_params = make_params(cpu, init, "float64")
+    source = Adam(source_params, lr=0.05)
+    set_grads(cpu, source_params, grads[0], "float64")
+    source.step()
+    state = source.state_dict()
+    state["state"] = {i: {"step": s["step"], "exp_avg": s["exp_avg"], "exp_avg_sq": s["exp_avg_sq"]}
+                      for i, s in state["state"].items()}
+    target = Adam(make_params(backend, init, "float32"))
+    target.load_state_dict(state)
+    for i, saved in state["state"].items():
+        assert target.state[i]["step"] == 1
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert target.state[i][key].dtype == backend.dtype("float32")
+            np.testing.assert_array_equal(backend.to_numpy(target.state[i][key]), saved[key].astype(np.float32))
+
+
 def test_state_dict_is_a_snapshot(backend):
     init, grads = make_problem()
     params = make_params(backend, init, "float64")
