@@ -77,3 +77,23 @@ def test_linear_without_bias_shapes_and_misuse(backend):
     layer.eval().forward(backend.asarray(np.ones((2, 4))))  # keeps nothing for backward
     with pytest.raises(RuntimeError, match="backward called before forward"):
         layer.train().backward(backend.asarray(np.ones((2, 2))))
+
+
+def test_the_fast_engine_tells_the_cpu_each_matmuls_cost_and_keeps_float32(monkeypatch, rng):
+    """map_slices splits a call over the cores only when its work (2·N·in·out flops) is large
+    enough to pay for the threads; dx comes back in the layer's dtype."""
+    cpu = get_backend("cpu")
+    works = []
+    real = type(cpu).map_slices
+
+    def recording(self, function, length, work=None):
+        works.append(work)
+        return real(self, function, length, work=work)
+
+    monkeypatch.setattr(type(cpu), "map_slices", recording)
+    layer = Linear(3, 5, rng=rng).to(cpu, "float32")
+    x = cpu.asarray(rng.standard_normal((7, 3)), dtype="float32")
+    layer.forward(x)
+    dx = layer.backward(cpu.asarray(rng.standard_normal((7, 5)), dtype="float32"))
+    assert works == [2 * 7 * 3 * 5] * 3  # forward, dW, dx
+    assert dx.dtype == np.float32
