@@ -92,3 +92,5 @@ def test_pick_reads_the_policy_and_a_workspace_keeps_its_arrays():
     assert work.scratch("a", (2, 3), np.float32) is first
     assert work.scratch("b", (2, 3), np.float32) is not first
     assert work.scratch("a", (3, 2), np.float32) is not first
+    again = work.scratch("a", (3, 2), np.float64)
+    assert first.dtype == np.float32 and again.dtype == np.float64 and again.shape == (3, 2)
