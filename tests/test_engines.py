@@ -94,3 +94,6 @@ def test_pick_reads_the_policy_and_a_workspace_keeps_its_arrays():
     assert work.scratch("a", (3, 2), np.float32) is not first
     again = work.scratch("a", (3, 2), np.float64)
     assert first.dtype == np.float32 and again.dtype == np.float64 and again.shape == (3, 2)
+    made = []
+    table = work.constant("table", lambda: made.append(1) or np.arange(4))
+    assert work.constant("table", lambda: made.append(1) or np.arange(4)) is table and made == [1]  # made once
