@@ -143,3 +143,17 @@ def test_maxpool_output_is_not_a_view_of_its_input():
     y = MaxPool2D(1).to(backend, "float64").forward(x)
     x[...] = -1.0
     np.testing.assert_array_equal(y, np.arange(8.0).reshape(1, 2, 2, 2))
+
+
+def test_maxpool_misuse_and_repr(backend):
+    assert repr(MaxPool2D(2)) == "MaxPool2D(kernel_size=(2, 2))"
+    assert repr(MaxPool2D(2, stride=1)) == "MaxPool2D(kernel_size=(2, 2), stride=(1, 1))"
+    with pytest.raises(ValueError, match="^stride must be an int or a pair of ints ≥ 1, got 0$"):
+        MaxPool2D(2, stride=0)
+    pool = MaxPool2D(3).to(backend, "float64")
+    for shape in ((1, 1, 5, 2), (1, 1, 2, 5)):  # too small in one dimension only
+        with pytest.raises(ValueError, match=r"input \(1, 1, \d, \d\) is smaller than the 3x3 window"):
+            pool.forward(backend.asarray(np.zeros(shape)))
+    pool.eval().forward(backend.asarray(np.zeros((1, 1, 3, 3))))  # keeps nothing for backward
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        pool.train().backward(backend.asarray(np.zeros((1, 1, 1, 1))))
