@@ -47,3 +47,30 @@ def test_relu_launches_per_pass():
     with count_operations() as backward:
         relu.backward(x)
     assert (forward.operations, backward.operations) == (1, 1)
+
+
+def test_softmax_is_exact_for_rows_of_any_scale(backend):
+    """Each row is shifted by its own maximum: no overflow at 1000, no underflow of a row far below another."""
+    x = np.array([[1000.0, 999.0, 998.0], [0.0, -1.0, -2.0], [-1000.0, -1001.0, -1002.0]])
+    expected = np.exp([0.0, -1.0, -2.0]) / np.exp([0.0, -1.0, -2.0]).sum()
+    for layer, data in ((Softmax(), x), (Softmax(axis=0), x.T)):
+        y = backend.to_numpy(layer.to(backend, "float64").forward(backend.asarray(data)))
+        np.testing.assert_allclose(y if layer.axis == -1 else y.T, np.tile(expected, (3, 1)), rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer", [ReLU(), Flatten(), Softmax()], ids=["relu", "flatten", "softmax"])
+def test_an_eval_forward_keeps_nothing_for_backward(backend, layer):
+    layer = layer.to(backend, "float64").eval()
+    x = backend.asarray(np.ones((2, 3)))
+    layer.forward(x)
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        layer.train().backward(x)
+
+
+def test_flatten_takes_two_or_more_dimensions_and_says_its_output_shape(backend):
+    flatten = Flatten().to(backend)
+    assert tuple(flatten.forward(backend.asarray(np.ones((3, 4)))).shape) == (3, 4)  # already flat
+    with pytest.raises(ValueError, match=r"^Flatten\(\) expects input \(N, \.\.\.\) with at least 2 dimensions, got \(5,\)$"):
+        flatten.forward(backend.asarray(np.ones(5)))
+    assert flatten.output_shape((7, 3, 4, 5)) == (7, 60)
+    assert flatten.output_shape((7, 6)) == (7, 6)

@@ -157,3 +157,12 @@ def test_conv_launches_per_pass():
         layer.backward_params(dy)
     assert forward.operations <= 5 and backward.operations <= 8 and first_layer.operations <= 4, \
         (forward.by_name, backward.by_name, first_layer.by_name)
+
+
+def test_the_reference_engine_pads_in_the_input_dtype(rng):
+    """float32 in, float32 through: the padded copy is not float64 (strict would refuse to mix them)."""
+    strict = get_backend("strict", engine="reference")
+    conv = Conv2D(2, 3, 3, padding=1, rng=rng).to(strict, "float32")
+    y = conv.forward(strict.asarray(rng.standard_normal((2, 2, 5, 5)), dtype="float32"))
+    dx = conv.backward(strict.asarray(rng.standard_normal((2, 3, 5, 5)), dtype="float32"))
+    assert y.dtype == dx.dtype == conv.weight.grad.dtype == strict.dtype("float32")

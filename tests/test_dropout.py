@@ -101,3 +101,58 @@ def test_the_dropout_engine_matches_the_reference_through_the_interface(policy, 
     rng = np.random.default_rng(18)
     x, dy = rng.standard_normal((6, 3, 5)), rng.standard_normal((6, 3, 5))
     check_engines(ENGINES, policy, lambda backend: DropoutParams(p, derive_key(3, 0, 7)), x, dy, rtol=1e-15, atol=0)
+
+
+def test_dropout_defaults_and_the_ends_of_p():
+    """p = 0.5 by default, as in torch; p = 0 is accepted: the identity, at no cost (no mask drawn)."""
+    from backends import get_backend
+    from backends.counting import count_operations
+
+    assert Dropout().p == 0.5
+    strict = get_backend("strict")
+    layer = Dropout(0.0, seed=1).to(strict, "float32")
+    x = strict.asarray(np.ones((4, 5)), dtype="float32")
+    with count_operations() as counts:
+        y = layer.forward(x)
+        dx = layer.backward(x)
+    assert y is x and dx is x and counts.operations == 0 and layer.step == 1
+
+
+def test_dropout_without_a_seed_draws_one_per_layer():
+    seeds = {Dropout(0.5).seed for _ in range(50)}
+    assert len(seeds) == 50  # 50 different seeds from [0, 2**62): a collision would be a broken draw
+
+
+def test_dropout_masks_depend_on_the_seed_and_count_the_forwards(backend):
+    x = backend.asarray(np.ones((4, 50)))
+    layer = Dropout(0.5, seed=5).to(backend, "float64")
+    masks = [backend.to_numpy(layer.forward(x)) for _ in range(3)]
+    assert layer.step == 3  # the key of the next mask, and what a checkpoint saves
+    assert not np.array_equal(masks[1], masks[2]) and not np.array_equal(masks[0], masks[2])
+    other_seed = Dropout(0.5, seed=6).to(backend, "float64")
+    assert not np.array_equal(backend.to_numpy(other_seed.forward(x)), masks[0])
+
+
+def test_dropout_keeps_float32_and_draws_the_float64_mask(backend):
+    x = np.ones((4, 30))
+    y32 = Dropout(0.4, seed=2).to(backend, "float32").forward(backend.asarray(x, dtype="float32"))
+    y64 = Dropout(0.4, seed=2).to(backend, "float64").forward(backend.asarray(x, dtype="float64"))
+    assert y32.dtype == backend.dtype("float32")
+    np.testing.assert_allclose(backend.to_numpy(y32), backend.to_numpy(y64), rtol=1e-7)
+
+
+def test_dropout_backward_after_an_eval_forward_is_a_clear_error(backend):
+    layer = Dropout(0.5, seed=0).to(backend, "float64").eval()
+    x = backend.asarray(np.ones((2, 3)))
+    layer.forward(x)
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        layer.train().backward(x)
+
+
+def test_dropout_load_layer_state_accepts_whole_numbers_from_zero():
+    layer = Dropout(0.5, seed=0)
+    layer.load_layer_state({"step": 0})
+    assert layer.step == 0
+    for bad in (-1, 2.5, True, None, "3"):
+        with pytest.raises(ValueError, match=rf"^Dropout\(p=0.5\): saved step must be a whole number >= 0, got {bad!r}$"):
+            layer.load_layer_state({"step": bad})

@@ -76,3 +76,24 @@ def test_an_unknown_engine_is_one_error_line(monkeypatch, tmp_path):
     result = call_cli(TINY + ["--epochs", "1", "--out", str(tmp_path / "run")])
     assert result.code == 2
     assert "XPNET_ENGINE must be one of fast, reference, got 'turbo'" in one_error_line(result.err)
+
+
+def test_pick_reads_the_policy_and_a_workspace_keeps_its_arrays():
+    """The reference on engine="reference", else the launch-bound engine on strict (and GPUs),
+    the cpu engine on cpu; scratch arrays are kept from call to call while shape and dtype hold."""
+    from layers.engine import Engines, Workspace
+
+    engines = Engines(reference="reference", cpu="cpu", launch_bound="launch_bound")
+    assert engines.pick(get_backend("cpu")) == "cpu"
+    assert engines.pick(get_backend("strict")) == "launch_bound"
+    assert engines.pick(get_backend("cpu", engine="reference")) == "reference"
+    work = Workspace(get_backend("cpu"))
+    first = work.scratch("a", (2, 3), np.float32)
+    assert work.scratch("a", (2, 3), np.float32) is first
+    assert work.scratch("b", (2, 3), np.float32) is not first
+    assert work.scratch("a", (3, 2), np.float32) is not first
+    again = work.scratch("a", (3, 2), np.float64)
+    assert first.dtype == np.float32 and again.dtype == np.float64 and again.shape == (3, 2)
+    made = []
+    table = work.constant("table", lambda: made.append(1) or np.arange(4))
+    assert work.constant("table", lambda: made.append(1) or np.arange(4)) is table and made == [1]  # made once

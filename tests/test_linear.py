@@ -61,3 +61,39 @@ def test_linear_launches_per_pass():
     with count_operations() as first_layer:
         layer.backward_params(dy)
     assert (forward.operations, backward.operations, first_layer.operations) == (2, 3, 2)
+
+
+def test_linear_without_bias_shapes_and_misuse(backend):
+    """bias=False: no bias parameter, and it says so; every size must be positive; input must be (N, in)."""
+    layer = Linear(4, 2, bias=False).to(backend, "float64")
+    assert layer.bias is None and [p.shape for p in layer.parameters()] == [(2, 4)]
+    assert repr(layer) == "Linear(4→2, bias=False)" and repr(Linear(4, 2)) == "Linear(4→2)"
+    assert layer.output_shape((7, 4)) == (7, 2)
+    for sizes, name in (((0, 2), "in_features"), ((4, 0), "out_features")):
+        with pytest.raises(ValueError, match=f"^{name} must be a positive integer, got 0$"):
+            Linear(*sizes)
+    with pytest.raises(ValueError, match=r"^Linear\(4→2, bias=False\) expects input \(N, 4\), got \(2, 4, 3\)$"):
+        layer.forward(backend.asarray(np.ones((2, 4, 3))))
+    layer.eval().forward(backend.asarray(np.ones((2, 4))))  # keeps nothing for backward
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        layer.train().backward(backend.asarray(np.ones((2, 2))))
+
+
+def test_the_fast_engine_tells_the_cpu_each_matmuls_cost_and_keeps_float32(monkeypatch, rng):
+    """map_slices splits a call over the cores only when its work (2·N·in·out flops) is large
+    enough to pay for the threads; dx comes back in the layer's dtype."""
+    cpu = get_backend("cpu")
+    works = []
+    real = type(cpu).map_slices
+
+    def recording(self, function, length, work=None):
+        works.append(work)
+        return real(self, function, length, work=work)
+
+    monkeypatch.setattr(type(cpu), "map_slices", recording)
+    layer = Linear(3, 5, rng=rng).to(cpu, "float32")
+    x = cpu.asarray(rng.standard_normal((7, 3)), dtype="float32")
+    layer.forward(x)
+    dx = layer.backward(cpu.asarray(rng.standard_normal((7, 5)), dtype="float32"))
+    assert works == [2 * 7 * 3 * 5] * 3  # forward, dW, dx
+    assert dx.dtype == np.float32

@@ -155,3 +155,34 @@ def test_loss_launches_per_pass():
     with count_operations() as backward:
         loss.backward()
     assert (forward.operations, backward.operations) == (3, 1)
+
+
+def test_cross_entropy_checks_the_label_of_a_single_example_and_lets_an_empty_batch_through(backend):
+    loss = CrossEntropyLoss()
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\], found values from 3 to 3"):
+        loss.forward(backend.asarray(np.zeros((1, 3)), dtype="float32"), backend.asarray(np.array([3])))
+    loss.forward(backend.asarray(np.zeros((0, 3)), dtype="float32"), backend.asarray(np.zeros(0, dtype=np.int64)))
+    assert tuple(loss.backward().shape) == (0, 3)
+
+
+def test_one_loss_serves_other_class_counts_label_dtypes_and_backends():
+    """Its workspace is per backend and its class row per class count and label dtype."""
+    loss = CrossEntropyLoss()
+    for name, classes, label_dtype in [("cpu", 3, np.int64), ("cpu", 5, np.int64), ("cpu", 5, np.int32),
+                                       ("strict", 5, np.int64), ("cpu", 3, np.int64)]:
+        backend = backend_or_skip(name)
+        logits = np.linspace(-2.0, 2.0, 4 * classes).reshape(4, classes)
+        labels = np.arange(4) % classes
+        value = loss.forward(backend.asarray(logits), backend.asarray(labels.astype(label_dtype)))
+        assert float(backend.to_numpy(value)) == pytest.approx(reference_cross_entropy(logits, labels), rel=1e-12), (name, classes)
+
+
+def test_cross_entropy_misuse_messages_in_full():
+    with pytest.raises(RuntimeError, match=r"^CrossEntropyLoss.backward called before forward$"):
+        CrossEntropyLoss().backward()
+    with pytest.raises(TypeError, match=r"^CrossEntropyLoss expects logits as an array of a backend \(NumPy, CuPy or "
+                                        r"array-api-strict\), got list$"):
+        CrossEntropyLoss().forward([[0.0, 1.0]], [1])
+    with pytest.raises(TypeError, match=r"^CrossEntropyLoss: labels must be an array on the same device as the logits "
+                                        r"\(ndarray\), got list$"):
+        CrossEntropyLoss().forward(np.zeros((1, 2)), [1])

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import backend_or_skip
 
 from backends import BackendUnavailableError, available_backends, get_backend
+from backends.counting import count_operations
 from layers.parameter import Parameter
 from training.optim import SGD, Adam, AdamW
 
@@ -116,11 +118,15 @@ CONFIGS = {
     "sgd-nesterov": (SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
     "sgd-weight-decay": (SGD, dict(lr=0.1, weight_decay=0.05)),
     "sgd-nesterov-weight-decay": (SGD, dict(lr=0.05, momentum=0.8, weight_decay=0.1, nesterov=True)),
+    # The ends of the ranges: dampening 1 (b ← μb after the first step), weight decay 1.
+    "sgd-dampening-1-weight-decay-1": (SGD, dict(lr=0.05, momentum=0.8, dampening=1.0, weight_decay=1.0)),
     "adam": (Adam, dict(lr=0.05)),
     "adam-weight-decay": (Adam, dict(lr=0.05, weight_decay=0.1)),
+    "adam-weight-decay-1": (Adam, dict(lr=0.05, weight_decay=1.0)),
     "adam-amsgrad": (Adam, dict(lr=0.05, betas=(0.8, 0.99), amsgrad=True)),
     "adamw": (AdamW, dict(lr=0.05)),
     "adamw-amsgrad": (AdamW, dict(lr=0.05, weight_decay=0.1, amsgrad=True)),
+    "adamw-weight-decay-1": (AdamW, dict(lr=0.05, weight_decay=1.0)),
 }
 
 
@@ -135,6 +141,11 @@ def set_grads(backend, params, step_grads, dtype):
 
 def values(backend, params):
     return [np.array(backend.to_numpy(p.data), copy=True) for p in params]
+
+
+def host(backend, value):
+    """A state value as NumPy: arrays copied from the device, the step count as it is."""
+    return backend.to_numpy(value) if backend.is_array(value) else value
 
 
 # --- the update rules -----------------------------------------------------------------
@@ -214,6 +225,42 @@ def test_params_without_grad_are_skipped(backend):
     assert opt.state[2] == {}
     assert sorted(opt.state_dict()["state"]) == [0, 1]
     assert opt.state[0]["step"] == 1
+
+
+def test_parameters_after_a_skipped_one_get_their_own_state(backend):
+    """Parameter 0 has no gradient: the others are updated as a stretch that starts at 1,
+    and each one's state is its own (the momentum buffer of a first step is its gradient)."""
+    init, grads = make_problem()
+    params = make_params(backend, init, "float64")
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    set_grads(backend, params, [None, grads[0][1], grads[0][2]], "float64")
+    opt.step()
+    assert opt.state[0] == {}
+    for i in (1, 2):
+        np.testing.assert_array_equal(backend.to_numpy(opt.state[i]["momentum_buffer"]), grads[0][i])
+
+
+@pytest.mark.parametrize("skipped", [False, True], ids=["all-updated", "one-skipped-earlier"])
+def test_one_kernel_per_step_unless_step_counts_differ(skipped):
+    """The rule runs once over the flat buffer of all parameters. After a step that skipped
+    parameter 2, SGD still runs once (it only asks whether a parameter was updated before);
+    Adam, whose bias correction needs each step count, runs once per stretch of equal counts."""
+    strict = backend_or_skip("strict")
+    init, grads = make_problem()
+    grads = [grads[0], [grads[1][0], grads[1][1], None if skipped else grads[1][2]], grads[3]]
+    kernels = {"sgd-momentum": {"sgd_update_dampened_False_decay_False_first_False_nesterov_False_with_momentum_True": 1},
+               "adam": {"adam_update_amsgrad_False_decay_none": 2 if skipped else 1}}
+    for config, expected in kernels.items():
+        cls, kwargs = CONFIGS[config]
+        params = make_params(strict, init, "float64")
+        opt = cls(params, **kwargs)
+        for step_grads in grads[:2]:
+            set_grads(strict, params, step_grads, "float64")
+            opt.step()
+        set_grads(strict, params, grads[2], "float64")  # the third step (parameter 2: its second update if skipped)
+        with count_operations() as counts:
+            opt.step()
+        assert dict(counts.by_name) == expected and counts.transfers == 0, (config, counts)
 
 
 def test_zero_grad_sets_grads_to_none(backend):
@@ -321,6 +368,53 @@ def test_state_dict_round_trip_resumes_exactly(backend, config):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("config", ["sgd-momentum-dampening", "adam"])
+def test_a_parameter_not_yet_updated_at_the_save_starts_fresh_after_the_load(backend, config):
+    """Its first update after the resume is a first update (SGD: b ← g; Adam: t = 1), as without
+    the save; the others' state is loaded whole (state_dict() gives back what was loaded)."""
+    cls, kwargs = CONFIGS[config]
+    init, grads = make_problem()
+    params = make_params(backend, init, "float64")
+    opt = cls(params, **kwargs)
+    set_grads(backend, params, [None, grads[0][1], grads[0][2]], "float64")
+    opt.step()
+    resumed_params = make_params(backend, values(backend, params), "float64")
+    resumed = cls(resumed_params, **kwargs)
+    resumed.load_state_dict(checkpoint_round_trip(backend, opt.state_dict()))
+    saved, loaded = opt.state_dict()["state"], resumed.state_dict()["state"]
+    assert sorted(loaded) == sorted(saved) == [1, 2]
+    for i in saved:
+        assert sorted(loaded[i]) == sorted(saved[i])
+        for key, value in saved[i].items():
+            np.testing.assert_array_equal(np.asarray(host(backend, loaded[i][key])), host(backend, value), err_msg=key)
+    for step_grads in grads[1:3]:
+        for ps, o in ((params, opt), (resumed_params, resumed)):
+            set_grads(backend, ps, [g if g is not None else grads[0][2] for g in step_grads], "float64")
+            o.step()
+    for a, b in zip(values(backend, params), values(backend, resumed_params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_load_takes_torchs_key_order_and_casts_to_the_parameters_dtype(backend):
+    """torch puts "step" first in a parameter's state; arrays saved in float64 load into float32."""
+    cpu = get_backend("cpu")
+    init, grads = make_problem()
+    source_params = make_params(cpu, init, "float64")
+    source = Adam(source_params, lr=0.05)
+    set_grads(cpu, source_params, grads[0], "float64")
+    source.step()
+    state = source.state_dict()
+    state["state"] = {i: {"step": s["step"], "exp_avg": s["exp_avg"], "exp_avg_sq": s["exp_avg_sq"]}
+                      for i, s in state["state"].items()}
+    target = Adam(make_params(backend, init, "float32"))
+    target.load_state_dict(state)
+    for i, saved in state["state"].items():
+        assert target.state[i]["step"] == 1
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert target.state[i][key].dtype == backend.dtype("float32")
+            np.testing.assert_array_equal(backend.to_numpy(target.state[i][key]), saved[key].astype(np.float32))
+
+
 def test_state_dict_is_a_snapshot(backend):
     init, grads = make_problem()
     params = make_params(backend, init, "float64")
@@ -357,7 +451,7 @@ def adam_after_one_step(shapes=SHAPES, **kwargs):
 
 def test_load_refuses_another_optimizer_type():
     sgd_state = SGD(adam_after_one_step().params, lr=0.1).state_dict()
-    with pytest.raises(ValueError, match="saved by SGD, expected Adam"):
+    with pytest.raises(ValueError, match="^cannot load optimizer state into Adam: the state was saved by SGD, expected Adam$"):
         adam_after_one_step().load_state_dict(sgd_state)
     with pytest.raises(ValueError, match="saved by Adam, expected AdamW"):
         AdamW(adam_after_one_step().params).load_state_dict(adam_after_one_step().state_dict())
@@ -389,7 +483,7 @@ def test_load_refuses_state_that_does_not_fit_the_hyperparameters():
 def test_load_refuses_malformed_dicts():
     opt = adam_after_one_step()
     good = opt.state_dict()
-    with pytest.raises(ValueError, match="expected a dict"):
+    with pytest.raises(ValueError, match=r"expected a dict from state_dict\(\), got list$"):
         opt.load_state_dict([1, 2])
     with pytest.raises(ValueError, match=r"missing key\(s\) \['num_params'\]"):
         opt.load_state_dict({k: v for k, v in good.items() if k != "num_params"})
@@ -397,13 +491,82 @@ def test_load_refuses_malformed_dicts():
         opt.load_state_dict(dict(good, hyper=SGD(opt.params, lr=1).hyperparameters()))
     with pytest.raises(ValueError, match="invalid learning rate"):
         opt.load_state_dict(dict(good, hyper=dict(good["hyper"], lr=-1.0)))
-    with pytest.raises(ValueError, match="state for parameter 7, but there are only 3"):
-        opt.load_state_dict(dict(good, state={7: good["state"][0]}))
+    for index in (7, 3, -1):  # 3: one past the last parameter
+        with pytest.raises(ValueError, match=f"state for parameter {index}, but there are only 3"):
+            opt.load_state_dict(dict(good, state={index: good["state"][0]}))
+    with pytest.raises(ValueError, match=r"parameter 1 \(p1\): 'exp_avg' has shape \(\), expected \(5,\)"):
+        opt.load_state_dict(dict(good, state={1: dict(good["state"][1], exp_avg=[0.5] * 5)}))  # a list, hand-edited
+
+
+def test_load_names_an_unnamed_parameter_as_such():
+    params = [Parameter(np.zeros(3))]
+    opt = Adam(params)
+    params[0].grad = np.ones(3)
+    opt.step()
+    state = opt.state_dict()
+    del state["state"][0]["step"]
+    with pytest.raises(ValueError, match=r"parameter 0 \(unnamed\) has state \['exp_avg', 'exp_avg_sq'\]"):
+        opt.load_state_dict(state)
+
+
+def test_repr_shows_the_parameter_count_and_every_hyperparameter():
+    assert repr(SGD(one_param() + one_param(), lr=0.1, momentum=0.9)) == (
+        "SGD(2 parameters, lr=0.1, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False)")
+    assert repr(AdamW(one_param() + one_param())) == (
+        "AdamW(2 parameters, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, amsgrad=False)")
 
 
 # --- argument checks ------------------------------------------------------------------
 def one_param():
     return [Parameter(np.zeros(3), name="w")]
+
+
+# torch.optim's defaults, and one value other than the default for each hyperparameter.
+DEFAULTS = {
+    SGD: dict(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False),
+    Adam: dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False),
+    AdamW: dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False),
+}
+OTHERS = {
+    SGD: dict(lr=0.25, momentum=0.5, dampening=0.0, weight_decay=0.125, nesterov=True),
+    Adam: dict(lr=0.25, betas=(0.5, 0.75), eps=1e-6, weight_decay=0.125, amsgrad=True),
+    AdamW: dict(lr=0.25, betas=(0.5, 0.75), eps=1e-6, weight_decay=0.125, amsgrad=True),
+}
+
+
+@pytest.mark.parametrize("cls", [SGD, Adam, AdamW])
+def test_defaults_are_torchs_and_every_argument_is_kept(cls):
+    if cls is SGD:  # SGD has no default learning rate, as in torch
+        assert SGD(one_param(), lr=0.1).hyperparameters() == {"lr": 0.1, **DEFAULTS[SGD]}
+    else:
+        assert cls(one_param()).hyperparameters() == DEFAULTS[cls]
+    assert cls(one_param(), **OTHERS[cls]).hyperparameters() == OTHERS[cls]
+
+
+def test_the_ends_of_each_range_are_accepted():
+    """0 is a valid learning rate, momentum, dampening, weight decay, beta and eps (only
+    negative values, NaN and betas of 1 are refused); each still updates as torch would."""
+    init, grads = make_problem()
+    cpu = get_backend("cpu")
+    for cls, kwargs in [(SGD, dict(lr=0.0, momentum=0.0, dampening=0.0, weight_decay=0.0)),
+                        (Adam, dict(lr=0.05, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0))]:
+        params = make_params(cpu, init, "float64")
+        opt = cls(params, **kwargs)
+        for step_grads in grads:
+            set_grads(cpu, params, step_grads, "float64")
+            opt.step()
+        for p, want in zip(params, REFERENCES[cls](init, grads, **kwargs)):
+            np.testing.assert_allclose(p.data, want, rtol=1e-12, atol=1e-13)
+
+
+def test_sgd_without_momentum_keeps_no_state():
+    """Plain SGD needs no momentum buffer: none is allocated, and its checkpoint state is empty."""
+    init, grads = make_problem()
+    params = make_params(get_backend("cpu"), init, "float64")
+    opt = SGD(params, lr=0.1)
+    set_grads(get_backend("cpu"), params, grads[0], "float64")
+    opt.step()
+    assert opt.state == [{}, {}, {}] and opt.state_dict()["state"] == {}
 
 
 @pytest.mark.parametrize(
@@ -431,12 +594,12 @@ def test_bad_arguments(cls, kwargs, message):
 
 @pytest.mark.parametrize("cls", [SGD, Adam, AdamW])
 def test_bad_parameter_lists(cls):
-    with pytest.raises(ValueError, match="empty parameter list"):
+    with pytest.raises(ValueError, match=r"^optimizer got an empty parameter list; pass model.parameters\(\)$"):
         cls([], lr=0.1)
     p = one_param()[0]
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="^a parameter appears more than once in the parameter list$"):
         cls([p, p], lr=0.1)
-    with pytest.raises(TypeError, match="expected a Parameter .* got ndarray"):
+    with pytest.raises(TypeError, match=r"^parameter 0: expected a Parameter \(with .data and .grad\), got ndarray$"):
         cls([np.zeros(3)], lr=0.1)
 
 

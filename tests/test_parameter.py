@@ -98,3 +98,39 @@ def test_optimizer_state_is_views_of_flat_state_buffers():
     assert buffers.shape == (model.num_parameters(),)
     assert np.shares_memory(opt.state[0]["momentum_buffer"], buffers)
     np.testing.assert_array_equal(buffers, np.ones(model.num_parameters(), np.float32))  # b₁ = g₁
+
+
+def test_a_parameter_is_unnamed_until_named_and_refuses_arrays_without_a_shape():
+    p = Parameter(np.zeros(3))
+    assert p.name == "" and repr(p) == "Parameter(?, shape=(3,), dtype=float64)"
+    p.name = "w"
+    assert repr(p) == "Parameter(w, shape=(3,), dtype=float64)"
+    with pytest.raises(ValueError, match=r"^cannot assign an array of shape \(\) to Parameter\(w, shape=\(3,\), "
+                                         r"dtype=float64\)\.data, which has shape \(3,\)$"):
+        p.data = [0.0, 1.0, 2.0]  # a list has no shape: refused, not guessed
+
+
+def test_placing_new_storage_keeps_whether_there_is_a_gradient():
+    p = Parameter(np.zeros(3))
+    p.place(np.ones(3), np.full(3, 2.0))
+    assert p.grad is None  # no backward yet: the new gradient storage is not a gradient
+    p.grad = np.ones(3)
+    p.place(np.zeros(3), np.full(3, 5.0))
+    np.testing.assert_array_equal(p.grad, np.full(3, 5.0))  # a gradient stays one, in its new storage
+    p.place(np.zeros(3))
+    assert p.grad is None
+
+
+def test_flat_buffers_are_one_per_backend_and_dtype():
+    from backends import get_backend
+
+    cpu, strict = get_backend("cpu"), get_backend("strict")
+    params = [Parameter(cpu.asarray(np.ones((2, 3)), dtype="float32")), Parameter(cpu.asarray(np.ones(4))),
+              Parameter(strict.asarray(np.ones(5))), Parameter(cpu.asarray(np.full(2, 0.1), dtype="float32"))]
+    flats = flatten_parameters(params)
+    assert [[params.index(p) for p in flat.parameters] for flat in flats] == [[0, 3], [1], [2]]
+    assert [p.data.dtype for p in params] == [np.float32, np.float64, strict.dtype("float64"), np.float32]
+    assert strict.is_array(params[2].data) and not strict.is_array(params[1].data)
+    assert repr(flats[0]) == "FlatParameters(2 parameters, 8 values, float32)"
+    big = flatten_parameters([Parameter(np.zeros(1000)), Parameter(np.zeros(500))])[0]
+    assert repr(big) == "FlatParameters(2 parameters, 1,500 values, float64)"

@@ -120,3 +120,40 @@ def test_pool_launches_per_pass():
     with count_operations() as backward:
         layer.backward(dy)
     assert (forward.operations, backward.operations) == (1, 2)
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_maxpool_keeps_float32_and_routes_overlapping_rows(engine, rng):
+    """float32 in, float32 out both ways; windows that overlap in rows only (kernel 2, stride 1 on
+    a 3×2 input: one window across) add their gradients where both peak, never overwrite."""
+    for name in ("cpu", "strict"):
+        backend = get_backend(name, engine=engine)
+        pool = MaxPool2D(2, stride=2).to(backend, "float32")
+        y = pool.forward(backend.asarray(tie_free(rng, (2, 3, 4, 4)), dtype="float32"))
+        dx = pool.backward(backend.asarray(np.ones((2, 3, 2, 2)), dtype="float32"))
+        assert y.dtype == dx.dtype == backend.dtype("float32"), name
+        both_windows_peak_in_the_middle_row = np.array([[[[0.0, 0.1], [5.0, 5.1], [1.0, 1.1]]]])
+        check_layer(MaxPool2D(2, stride=1), both_windows_peak_in_the_middle_row, backend, rng)
+
+
+def test_maxpool_output_is_not_a_view_of_its_input():
+    """A 1×1 window is the identity, but y is a copy: writing into x afterwards leaves y alone."""
+    backend = get_backend("cpu", engine="reference")
+    x = np.arange(8.0).reshape(1, 2, 2, 2)
+    y = MaxPool2D(1).to(backend, "float64").forward(x)
+    x[...] = -1.0
+    np.testing.assert_array_equal(y, np.arange(8.0).reshape(1, 2, 2, 2))
+
+
+def test_maxpool_misuse_and_repr(backend):
+    assert repr(MaxPool2D(2)) == "MaxPool2D(kernel_size=(2, 2))"
+    assert repr(MaxPool2D(2, stride=1)) == "MaxPool2D(kernel_size=(2, 2), stride=(1, 1))"
+    with pytest.raises(ValueError, match="^stride must be an int or a pair of ints ≥ 1, got 0$"):
+        MaxPool2D(2, stride=0)
+    pool = MaxPool2D(3).to(backend, "float64")
+    for shape in ((1, 1, 5, 2), (1, 1, 2, 5)):  # too small in one dimension only
+        with pytest.raises(ValueError, match=r"input \(1, 1, \d, \d\) is smaller than the 3x3 window"):
+            pool.forward(backend.asarray(np.zeros(shape)))
+    pool.eval().forward(backend.asarray(np.zeros((1, 1, 3, 3))))  # keeps nothing for backward
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        pool.train().backward(backend.asarray(np.zeros((1, 1, 1, 1))))
