@@ -36,13 +36,14 @@ class LossReference:
         log_probs = shifted - xp.log(xp.sum(xp.exp(shifted), axis=1, keepdims=True))
         onehot = xp.astype(params.labels[:, None] == xp.arange(classes, dtype=params.labels.dtype)[None, :],
                            logits.dtype)
-        return -xp.sum(log_probs * onehot) / n, (xp.exp(log_probs), onehot)
+        # An empty batch: a sum over no examples, 0 (PyTorch's mean gives NaN; the fast engine agrees with this).
+        return -xp.sum(log_probs * onehot) / max(n, 1), (xp.exp(log_probs), onehot)
 
     @staticmethod
     def backward(xp, dloss, saved, params: LossParams, work=None, need_dx=True, out=None):
         """``dL/dz = dloss · (softmax(z) - onehot(y)) / N``."""
         probabilities, onehot = saved
-        return (probabilities - onehot) * (dloss / probabilities.shape[0]), {}
+        return (probabilities - onehot) * (dloss / max(probabilities.shape[0], 1)), {}
 
 
 def cross_entropy_reference(xp, logits, labels):

@@ -165,6 +165,20 @@ def test_cross_entropy_checks_the_label_of_a_single_example_and_lets_an_empty_ba
     assert tuple(loss.backward().shape) == (0, 3)
 
 
+@pytest.mark.parametrize("engine", ["reference", "cpu", "launch_bound"])
+def test_an_empty_batch_has_loss_zero_on_every_engine(engine):
+    """A sum over no examples is 0, and no gradient: the reference and the fused engines agree (no 0/0)."""
+    from layers.engine import Workspace
+
+    backend = get_backend("cpu")
+    chosen, params = getattr(ENGINES, engine), LossParams(backend.asarray(np.zeros(0, dtype=np.int64)))
+    work = Workspace(backend)
+    value, saved = chosen.forward(backend.xp, backend.asarray(np.zeros((0, 3)), dtype="float32"), params, work)
+    assert float(backend.to_numpy(value)) == 0.0
+    dx, _ = chosen.backward(backend.xp, 1.0, saved, params, work)
+    assert tuple(dx.shape) == (0, 3)
+
+
 def test_one_loss_serves_other_class_counts_label_dtypes_and_backends():
     """Its workspace is per backend and its class row per class count and label dtype."""
     loss = CrossEntropyLoss()
