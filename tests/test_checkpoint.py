@@ -22,7 +22,15 @@ from layers import CrossEntropyLoss
 from models import MLP, build_model
 from training.errors import CheckpointError
 from training.optim import SGD, Adam
-from training.saving.checkpoint import load_checkpoint, save_checkpoint
+from training.saving.checkpoint import (
+    MAX_ITEMSIZE,
+    MAX_NUMBERS,
+    entry_limits,
+    load_checkpoint,
+    model_size,
+    read_header,
+    save_checkpoint,
+)
 
 
 def trained_pair(backend, steps=3):
@@ -267,3 +275,39 @@ def test_checkpoint_reader_on_well_formed_archives_with_odd_contents(tiny_checkp
         for name, payload in members.items():
             archive.writestr(name, payload)
     _only_checkpoint_errors(stream.getvalue())
+
+
+# -- found by mutmut (issue 20): what the reader's error lines name, what read_header reads, model bounds --
+def test_an_npz_without_a_header_is_refused_naming_the_file(tmp_path):
+    """load_checkpoint and read_header both say which file lacks its 'meta' entry."""
+    path = tmp_path / "weights.npz"
+    np.savez(path, w=np.zeros(2))
+    for read in (load_checkpoint, read_header):
+        with pytest.raises(CheckpointError) as caught:
+            read(path)
+        assert str(caught.value) == f"{path} is an .npz file but not an xpnet checkpoint (no 'meta' entry)"
+
+
+def test_read_header_reads_only_the_header(tiny_checkpoint, tmp_path):
+    """An entry that disagrees with the header stops load_checkpoint, not read_header: the
+    header alone is read (cheap for a large checkpoint, as best.npz's epoch is read)."""
+    with zipfile.ZipFile(io.BytesIO(tiny_checkpoint)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["param/1.weight.npy"] = _npy(np.zeros((5, 4), dtype=np.float32))  # the header lists (4, 4)
+    path = tmp_path / "checkpoint.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, payload in members.items():
+            archive.writestr(name, payload)
+    with pytest.raises(CheckpointError, match=r"entry 'param/1.weight' holds float32 of shape \(5, 4\)"):
+        load_checkpoint(path)
+    assert read_header(path)["epoch"] == 1
+
+
+def test_a_registered_models_header_may_list_at_most_its_own_numbers():
+    """The bound on the shapes a header lists is the named model's size (not MAX_NUMBERS, which is
+    only for a model xpnet does not register): exactly its size is accepted, one number more refused."""
+    size = model_size("mlp")
+    assert size < MAX_NUMBERS
+    assert entry_limits({"model": "mlp", "parameters": {"w": [size]}})("param/w") == ((size,), size * MAX_ITEMSIZE)
+    with pytest.raises(ValueError, match=f"hold {size + 1} numbers, more than a model 'mlp' has \\({size}\\)"):
+        entry_limits({"model": "mlp", "parameters": {"w": [size + 1]}})
