@@ -247,3 +247,19 @@ def test_batchnorm_as_a_first_layer_skips_dx():
     with count_operations() as first_layer:
         layer.backward_params(dy)
     assert first_layer.operations == backward.operations - 1, (first_layer.operations, backward.operations)
+
+
+def test_the_fused_engine_writes_dbeta_into_the_buffer_it_is_handed(policy):
+    """dβ is summed straight into ``out["bias"]`` (the gradient buffer), so the layer needs no copy."""
+    from layers.batchnorm_fused import FusedBatchNorm
+    from layers.engine import Workspace
+
+    rng = np.random.default_rng(3)
+    x, dy = policy.asarray(rng.standard_normal((4, 3, 2, 2))), policy.asarray(rng.standard_normal((4, 3, 2, 2)))
+    params = BatchNormParams(policy.xp.ones((3,), dtype=x.dtype), policy.xp.zeros((3,), dtype=x.dtype),
+                             policy.xp.zeros((3,), dtype=x.dtype), policy.xp.ones((3,), dtype=x.dtype), 1e-5, 0.1, True)
+    _, saved = FusedBatchNorm.forward(policy.xp, x, params, Workspace(policy))
+    out = {"weight": policy.xp.zeros((3,), dtype=x.dtype), "bias": policy.xp.zeros((3,), dtype=x.dtype)}
+    _, grads = FusedBatchNorm.backward(policy.xp, dy, saved, params, Workspace(policy), False, out)
+    assert grads["bias"] is out["bias"]
+    np.testing.assert_allclose(host(policy, out["bias"]), np.sum(host(policy, dy), axis=(0, 2, 3)), rtol=1e-12)
