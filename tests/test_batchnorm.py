@@ -263,3 +263,28 @@ def test_the_fused_engine_writes_dbeta_into_the_buffer_it_is_handed(policy):
     _, grads = FusedBatchNorm.backward(policy.xp, dy, saved, params, Workspace(policy), False, out)
     assert grads["bias"] is out["bias"]
     np.testing.assert_allclose(host(policy, out["bias"]), np.sum(host(policy, dy), axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_merging_tile_statistics_has_no_cancellation():
+    """Σ n·(m - mean)², not Σ n·(m² - mean²) (equal in exact arithmetic): float32 parts with a large
+    mean and a small spread, against the exact 0.825 (0.5 + 0.25 + 3·0.125² + 5·0.075²)."""
+    from layers.batchnorm_tiles import merge_statistics
+
+    mean, square = merge_statistics((3, 5), (np.float32(1000.1), np.float32(1000.3)), (np.float32(0.5), np.float32(0.25)))
+    assert abs(float(mean) - 1000.225) < 1e-3
+    assert abs(float(square) - 0.825) < 1e-3
+
+
+def test_batchnorm_tiles_fit_three_copies_in_the_budget():
+    """The CPU engine's tile: a tile, its centred copy and their product in ``tile_bytes``; the whole
+    batch where the backend does not tile."""
+    from engine_check import policy_backend
+
+    from layers.batchnorm_tiles import _tile
+    from layers.engine import Workspace
+
+    tiles, whole = policy_backend("cpu-tiles"), policy_backend("cpu-launch-bound")  # tile_bytes 3000, None
+    x = tiles.xp.zeros((10, 3, 5, 4), dtype=tiles.xp.float32)  # 60 values an example
+    assert _tile(tiles.xp, x, Workspace(tiles)) == 3000 // (3 * 60 * 4)
+    assert _tile(tiles.xp, tiles.xp.astype(x, tiles.xp.float64), Workspace(tiles)) == 3000 // (3 * 60 * 8)
+    assert _tile(whole.xp, x, Workspace(whole)) == 10
