@@ -288,3 +288,12 @@ def test_batchnorm_tiles_fit_three_copies_in_the_budget():
     assert _tile(tiles.xp, x, Workspace(tiles)) == 3000 // (3 * 60 * 4)
     assert _tile(tiles.xp, tiles.xp.astype(x, tiles.xp.float64), Workspace(tiles)) == 3000 // (3 * 60 * 8)
     assert _tile(whole.xp, x, Workspace(whole)) == 10
+
+
+def test_batchnorm_keeps_float32_on_every_engine(policy):
+    """y and dx in the input's float32 (the tiled engine fills arrays it allocates itself)."""
+    layer = BatchNorm2D(3).to(policy)
+    x = policy.asarray(np.random.default_rng(5).standard_normal((4, 3, 2, 2)), dtype="float32")
+    y = layer.forward(x)
+    dx = layer.backward(policy.xp.ones(y.shape, dtype=y.dtype))
+    assert (y.dtype, dx.dtype, layer.weight.grad.dtype) == (policy.xp.float32,) * 3
