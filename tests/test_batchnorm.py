@@ -233,8 +233,9 @@ def test_batchnorm_repr_names_what_is_not_the_default():
 
 def test_batchnorm_as_a_first_layer_skips_dx():
     """``backward_params`` sets dγ and dβ without the dx kernel (counted on the strict backend)."""
-    from backends.counting import count_operations
     from helpers import backend_or_skip
+
+    from backends.counting import count_operations
 
     strict = backend_or_skip("strict")
     layer = BatchNorm2D(3).to(strict)
