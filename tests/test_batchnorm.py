@@ -192,3 +192,109 @@ def test_every_batchnorm_engine_matches_the_reference_through_the_interface(poli
                                                       Workspace(policy))
             assert saved is None
             np.testing.assert_allclose(host(policy, y), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_batchnorm_momentum_ends_are_accepted():
+    """momentum 0 keeps the running statistics, momentum 1 replaces them by the batch's (unbiased var)."""
+    cpu = get_backend("cpu")
+    x = cpu.asarray(np.array([[1.0, 2.0], [3.0, 6.0]]), dtype="float32")
+    frozen, follows = BatchNorm1D(2, momentum=0.0), BatchNorm1D(2, momentum=1)
+    frozen.forward(x)
+    follows.forward(x)
+    np.testing.assert_array_equal(cpu.to_numpy(frozen.running_mean), [0, 0])
+    np.testing.assert_array_equal(cpu.to_numpy(frozen.running_var), [1, 1])
+    np.testing.assert_allclose(cpu.to_numpy(follows.running_mean), [2, 4])
+    np.testing.assert_allclose(cpu.to_numpy(follows.running_var), [2, 8])
+
+
+def test_batchnorm_starts_in_float32():
+    """Parameters and buffers in the layer's dtype (float32), not the library's default float64."""
+    layer = BatchNorm2D(3)
+    for array in (layer.weight.data, layer.bias.data, layer.running_mean, layer.running_var):
+        assert array.dtype == layer.xp.float32
+
+
+def test_batchnorm_two_values_per_channel_are_enough():
+    """The smallest training batch: two values per channel; one is refused with the whole message."""
+    cpu = get_backend("cpu")
+    assert BatchNorm1D(3).forward(cpu.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")).shape == (2, 3)
+    with pytest.raises(ValueError) as error:
+        BatchNorm2D(3).forward(cpu.asarray(np.zeros((1, 3, 1, 1)), dtype="float32"))
+    assert str(error.value) == ("BatchNorm2D(3) needs more than one value per channel in training, got input "
+                                "(1, 3, 1, 1); use a batch of 2 or more, or eval()")
+
+
+def test_batchnorm_repr_names_what_is_not_the_default():
+    assert repr(BatchNorm2D(3)) == "BatchNorm2D(3)"
+    assert repr(BatchNorm2D(3, eps=1e-3)) == "BatchNorm2D(3, eps=0.001)"
+    assert repr(BatchNorm1D(4, momentum=0.2)) == "BatchNorm1D(4, momentum=0.2)"
+    assert repr(BatchNorm1D(4, eps=1e-3, momentum=0.2)) == "BatchNorm1D(4, eps=0.001, momentum=0.2)"
+
+
+def test_batchnorm_as_a_first_layer_skips_dx():
+    """``backward_params`` sets dγ and dβ without the dx kernel (counted on the strict backend)."""
+    from helpers import backend_or_skip
+
+    from backends.counting import count_operations
+
+    strict = backend_or_skip("strict")
+    layer = BatchNorm2D(3).to(strict)
+    x = strict.asarray(np.random.default_rng(1).standard_normal((4, 3, 2, 2)), dtype="float32")
+    dy = strict.xp.ones(x.shape, dtype=x.dtype)
+    layer.forward(x)
+    with count_operations() as backward:
+        layer.backward(dy)
+    layer.forward(x)
+    with count_operations() as first_layer:
+        layer.backward_params(dy)
+    assert first_layer.operations == backward.operations - 1, (first_layer.operations, backward.operations)
+
+
+def test_the_fused_engine_writes_dbeta_into_the_buffer_it_is_handed(policy):
+    """dβ is summed straight into ``out["bias"]`` (the gradient buffer), so the layer needs no copy."""
+    from layers.batchnorm_fused import FusedBatchNorm
+    from layers.engine import Workspace
+
+    rng = np.random.default_rng(3)
+    x, dy = policy.asarray(rng.standard_normal((4, 3, 2, 2))), policy.asarray(rng.standard_normal((4, 3, 2, 2)))
+    params = BatchNormParams(policy.xp.ones((3,), dtype=x.dtype), policy.xp.zeros((3,), dtype=x.dtype),
+                             policy.xp.zeros((3,), dtype=x.dtype), policy.xp.ones((3,), dtype=x.dtype), 1e-5, 0.1, True)
+    _, saved = FusedBatchNorm.forward(policy.xp, x, params, Workspace(policy))
+    out = {"weight": policy.xp.zeros((3,), dtype=x.dtype), "bias": policy.xp.zeros((3,), dtype=x.dtype)}
+    _, grads = FusedBatchNorm.backward(policy.xp, dy, saved, params, Workspace(policy), False, out)
+    assert grads["bias"] is out["bias"]
+    np.testing.assert_allclose(host(policy, out["bias"]), np.sum(host(policy, dy), axis=(0, 2, 3)), rtol=1e-12)
+
+
+def test_merging_tile_statistics_has_no_cancellation():
+    """Σ n·(m - mean)², not Σ n·(m² - mean²) (equal in exact arithmetic): float32 parts with a large
+    mean and a small spread, against the exact 0.825 (0.5 + 0.25 + 3·0.125² + 5·0.075²)."""
+    from layers.batchnorm_tiles import merge_statistics
+
+    mean, square = merge_statistics((3, 5), (np.float32(1000.1), np.float32(1000.3)), (np.float32(0.5), np.float32(0.25)))
+    assert abs(float(mean) - 1000.225) < 1e-3
+    assert abs(float(square) - 0.825) < 1e-3
+
+
+def test_batchnorm_tiles_fit_three_copies_in_the_budget():
+    """The CPU engine's tile: a tile, its centred copy and their product in ``tile_bytes``; the whole
+    batch where the backend does not tile."""
+    from engine_check import policy_backend
+
+    from layers.batchnorm_tiles import _tile
+    from layers.engine import Workspace
+
+    tiles, whole = policy_backend("cpu-tiles"), policy_backend("cpu-launch-bound")  # tile_bytes 3000, None
+    x = tiles.xp.zeros((10, 3, 5, 4), dtype=tiles.xp.float32)  # 60 values an example
+    assert _tile(tiles.xp, x, Workspace(tiles)) == 3000 // (3 * 60 * 4)
+    assert _tile(tiles.xp, tiles.xp.astype(x, tiles.xp.float64), Workspace(tiles)) == 3000 // (3 * 60 * 8)
+    assert _tile(whole.xp, x, Workspace(whole)) == 10
+
+
+def test_batchnorm_keeps_float32_on_every_engine(policy):
+    """y and dx in the input's float32 (the tiled engine fills arrays it allocates itself)."""
+    layer = BatchNorm2D(3).to(policy)
+    x = policy.asarray(np.random.default_rng(5).standard_normal((4, 3, 2, 2)), dtype="float32")
+    y = layer.forward(x)
+    dx = layer.backward(policy.xp.ones(y.shape, dtype=y.dtype))
+    assert (y.dtype, dx.dtype, layer.weight.grad.dtype) == (policy.xp.float32,) * 3
