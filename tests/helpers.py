@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import json
 import shutil
 import threading
 import time
@@ -307,6 +308,19 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def copy_run(template: Path, destination: Path) -> Path:
     shutil.copytree(template, destination)
     return destination
+
+
+def write_edited_checkpoint(path: Path, arrays: dict, change_meta=None, change_arrays=None) -> Path:
+    """Write ``arrays`` (a checkpoint's entries) to ``path`` with its header (a dict) and/or arrays changed."""
+    arrays = dict(arrays)
+    meta = json.loads(str(arrays["meta"]))
+    if change_meta:
+        change_meta(meta)
+    if change_arrays:
+        change_arrays(arrays)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+    return path
 
 
 def svhn_flags(root):

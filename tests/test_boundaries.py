@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import run
+from helpers import run, write_edited_checkpoint
 
 from training.errors import CheckpointError, XpnetError
 from training.run.config import RULES, RunConfig, SettingError, check_saved_setting
@@ -45,16 +45,7 @@ def template(finished_run) -> dict:
 
 def written(tmp_path: Path, template: dict, change_meta=None, change_arrays=None) -> Path:
     """A copy of the template checkpoint with its header and/or arrays changed."""
-    arrays = dict(template)
-    meta = json.loads(str(arrays["meta"]))
-    if change_meta:
-        change_meta(meta)
-    if change_arrays:
-        change_arrays(arrays)
-    arrays["meta"] = np.array(json.dumps(meta))
-    path = tmp_path / "checkpoint.npz"
-    np.savez(path, **arrays)
-    return path
+    return write_edited_checkpoint(tmp_path / "checkpoint.npz", template, change_meta, change_arrays)
 
 
 def checked(path: Path):

@@ -6,12 +6,11 @@ no result computed from nonsense.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import copy_run, one_error_line, run
+from helpers import copy_run, one_error_line, run, write_edited_checkpoint
 
 import cli
 from backends import get_backend
@@ -25,13 +24,7 @@ def edit(path: Path, change_meta=None, change_arrays=None) -> None:
     """Rewrite a checkpoint with its header (a dict) and/or arrays changed in place."""
     with np.load(path, allow_pickle=False) as stored:
         arrays = dict(stored)
-    meta = json.loads(str(arrays["meta"]))
-    if change_meta:
-        change_meta(meta)
-    if change_arrays:
-        change_arrays(arrays)
-    arrays["meta"] = np.array(json.dumps(meta))
-    np.savez(path, **arrays)
+    write_edited_checkpoint(path, arrays, change_meta, change_arrays)
 
 
 def config_set(key, value):
