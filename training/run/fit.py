@@ -24,6 +24,7 @@ from .. import interrupts
 from ..errors import CheckpointError, XpnetError, setting
 from ..loop.layer_stats import LayerStats
 from ..loop.trainer import Evaluation, Trainer
+from ..saving import metrics_file
 from ..saving.checkpoint import read_header
 from ..saving.regular_files import NotARegularFile, open_to_read
 from .best_file import seed_best_file
@@ -52,8 +53,6 @@ from .prepare import (
     planned_schedule,
 )
 from .set_aside import SetAside, recover
-
-METRICS_LIMIT = 2**30  # bytes of a metrics.json read back on resume (its layer statistics); a larger one is not a run's
 
 
 @dataclass
@@ -260,7 +259,7 @@ def _restore(aside: SetAside, log) -> None:
 def saved_layer_stats(path: Path) -> dict | None:
     """The ``layer_stats`` of a run's metrics.json, or None (none recorded, or no readable file)."""
     try:
-        with open_to_read(path, limit=METRICS_LIMIT) as stream:  # not a FIFO, a device or a huge file
+        with open_to_read(path, limit=metrics_file.MAX_BYTES) as stream:  # not a FIFO, a device or a huge file
             return json.loads(stream.read().decode("utf-8")).get("layer_stats")
     except (OSError, NotARegularFile, ValueError, AttributeError):
         return None

@@ -19,11 +19,11 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError
+from ..saving import metrics_file
 from ..saving.checkpoint import read_header
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_HEAD_BYTES = 4096  # the signature, IHDR, and the text chunk Matplotlib writes next
-METRICS_MAX_BYTES = 256 << 20  # far above any run's metrics.json (layer statistics included)
 
 
 def foreign(path: Path) -> str | None:
@@ -52,7 +52,7 @@ def _foreign_checkpoint(path: Path) -> str | None:
 
 
 def _foreign_metrics(path: Path, size: int) -> str | None:
-    if size > METRICS_MAX_BYTES:
+    if size > metrics_file.MAX_BYTES:
         return f"a file of {size:,} bytes, far more than any metrics.json"
     try:
         with open(path, encoding="utf-8") as stream:

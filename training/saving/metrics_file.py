@@ -9,6 +9,10 @@ from ..errors import XpnetError, setting
 from ..loop.metrics import per_class_accuracy
 from .atomic import write_atomically
 
+# The most bytes a run's metrics.json can hold (10**6 epochs with layer statistics stay below it);
+# one read back (on resume, or to tell a run's file from a stranger's) that is larger is not a run's.
+MAX_BYTES = 2**30
+
 
 def write_error(path: Path, exc: OSError) -> XpnetError:
     """The error for an output file that cannot be written."""
