@@ -66,6 +66,7 @@ HISTORY = [
     ("examples_per_sec", [0, 0.0, BIGGEST, math.nan], [below(0.0), math.inf]),
     ("seconds", [0, 0.0, BIGGEST, math.nan], [below(0.0), math.inf]),
 ]
+NOT_NUMBERS = [True, False, None, "0.5", [0.5]]  # JSON true/false are not 1/0 here; no value is a string or list
 
 
 @pytest.mark.parametrize("key, accepted, refused", HISTORY, ids=[key for key, _, _ in HISTORY])
@@ -74,7 +75,7 @@ def test_history_values_at_the_ends_of_their_range(tmp_path, template, key, acce
         checkpoint = checked(written(tmp_path, template, lambda meta: meta["history"][1].__setitem__(key, value)))
         got = checkpoint.history[1][key]
         assert got == value or (math.isnan(value) and math.isnan(got)), (key, value)
-    for value in refused:
+    for value in refused + NOT_NUMBERS:
         path = written(tmp_path, template, lambda meta: meta["history"][1].__setitem__(key, value))
         with pytest.raises(CheckpointError, match=rf"row 2 of its history has {key} = .*, which no training writes"):
             checked(path)
@@ -120,11 +121,19 @@ def test_normalisation_at_the_ends_of_its_range(tmp_path, template, name, accept
     for value in accepted:
         checkpoint = checked(written(tmp_path, template, lambda meta: meta["config"].__setitem__(name, [value, 0.5, 0.5])))
         assert checkpoint.normalisation()[0 if name == "mean" else 1][0] == value
-    for value in refused:
+    for value in refused + NOT_NUMBERS:
         path = written(tmp_path, template, lambda meta: meta["config"].__setitem__(name, [0.5, 0.5, value]))
         with pytest.raises(CheckpointError, match=rf"its config has {name} = .*, expected 3 numbers in {bounds}"):
             checked(path)
+    path = written(tmp_path, template, lambda meta: meta["config"].pop(name))  # the other one alone is not enough
+    with pytest.raises(CheckpointError, match="has no normalisation statistics; it was not written by cli.py training$"):
+        checked(path)
 
+
+def test_normalisation_written_as_whole_numbers_is_read_as_float64(tmp_path, template):
+    checkpoint = checked(written(tmp_path, template, lambda meta: meta["config"].update(mean=[0, 1, 1], std=[1, 1, 1])))
+    mean, std = checkpoint.normalisation()
+    assert mean.dtype == std.dtype == np.float64 and mean.tolist() == [0.0, 1.0, 1.0] and std.tolist() == [1.0] * 3
 
 def test_weights_may_be_as_large_as_any_finite_number(tmp_path, template):
     def set_first(value):

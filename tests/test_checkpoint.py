@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -132,10 +133,64 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "savez", disk_full)
-    with pytest.raises(CheckpointError, match="No space left on device; the previous checkpoint .* is unchanged"):
+    message = (f"cannot write checkpoint {path}: No space left on device; the previous checkpoint (if any) is unchanged; "
+               "free some disk space or choose a writable 'out' folder")
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
         save_checkpoint(path, model, optimizer, epoch=2, backend=cpu)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]  # no temporary file left behind
+
+
+def test_a_checkpoint_is_saved_into_folders_that_do_not_exist_yet(tmp_path):
+    model = build_model("mlp", seed=3)
+    path = save_checkpoint(tmp_path / "runs" / "a" / "checkpoint.npz", model, epoch=0, backend=get_backend("cpu"))
+    assert path.is_file() and load_checkpoint(path).epoch == 0
+
+
+def test_the_header_holds_what_the_module_documents(tmp_path):
+    """The layout in checkpoint.py's docstring, pinned: a model with buffers and layer state (the
+    cnn), a step, a schedule and extras; and a model with none of them."""
+    cpu = get_backend("cpu")
+    model = build_model("cnn", seed=1).to(cpu, "float32")
+    schedule = {"name": "onecycle", "total_steps": 10}
+    path = save_checkpoint(tmp_path / "c.npz", model, Adam(model.parameters(), lr=1e-3), epoch=1, backend=cpu,
+                           config={"model": "cnn"}, history=[], extra={"note": 1}, step=3, schedule=schedule)
+    with np.load(path, allow_pickle=False) as stored:
+        meta, files = json.loads(str(stored["meta"])), {name: stored[name] for name in stored.files}
+    buffers = dict(model.named_buffers())
+    assert meta == {
+        "format": 1, "model": "cnn", "parameters": {p.name: list(p.shape) for p in model.parameters()},
+        "dtype": "float32", "epoch": 1, "config": {"model": "cnn"}, "history": [], "extra": {"note": 1},
+        "buffers": {name: list(array.shape) for name, array in buffers.items()},
+        "layer_state": {"22": {"step": 0}, "25": {"step": 0}}, "step": 3, "schedule": schedule,
+        "optimizer": {"name": "Adam", "hyper": {"lr": 0.001, "betas": [0.9, 0.999], "eps": 1e-08, "weight_decay": 0.0,
+                                                "amsgrad": False}, "num_params": len(model.parameters())},
+    }
+    for name, array in buffers.items():
+        np.testing.assert_array_equal(files[f"buffer/{name}"], cpu.to_numpy(array))
+        np.testing.assert_array_equal(load_checkpoint(path).buffers[name], cpu.to_numpy(array))
+
+    mlp = build_model("mlp", seed=1).to(cpu, "float64")
+    path = save_checkpoint(tmp_path / "m.npz", mlp, epoch=0, backend=cpu)
+    with np.load(path, allow_pickle=False) as stored:
+        assert json.loads(str(stored["meta"])) == {
+            "format": 1, "model": "mlp", "parameters": {p.name: list(p.shape) for p in mlp.parameters()},
+            "dtype": "float64", "epoch": 0, "config": {}, "history": [], "extra": {}}
+
+
+def test_a_model_needs_only_a_name_and_parameters_to_be_saved(tmp_path):
+    """A model of the user's own (not a Sequential): no buffers or layer state asked of it."""
+    cpu = get_backend("cpu")
+    inner = build_model("mlp", seed=1).to(cpu, "float64")
+
+    class Bare:
+        name = "mlp"
+
+        def parameters(self):
+            return inner.parameters()
+
+    path = save_checkpoint(tmp_path / "bare.npz", Bare(), epoch=0, backend=cpu)
+    assert load_checkpoint(path).params.keys() == {p.name for p in inner.parameters()}
 
 
 # -- a checkpoint without optimizer state ----------------------------------------------------------

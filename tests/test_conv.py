@@ -166,3 +166,27 @@ def test_the_reference_engine_pads_in_the_input_dtype(rng):
     y = conv.forward(strict.asarray(rng.standard_normal((2, 2, 5, 5)), dtype="float32"))
     dx = conv.backward(strict.asarray(rng.standard_normal((2, 3, 5, 5)), dtype="float32"))
     assert y.dtype == dx.dtype == conv.weight.grad.dtype == strict.dtype("float32")
+    x, w, dy = (strict.asarray(rng.standard_normal(shape), dtype="float32") for shape in ((2, 2, 5, 5), (3, 2, 3, 3), (2, 3, 5, 5)))
+    assert all(g.dtype == strict.dtype("float32") for g in conv2d_backward_reference(strict.xp, x, w, dy, (1, 1), (1, 1)))
+
+
+def test_conv_misuse_and_the_smallest_input():
+    """Sizes positive, stride ≥ 1, input (N, C, H, W); an input exactly the padded kernel's size
+    is used (one output), one a row or a column smaller is refused, naming both sizes."""
+    cpu = get_backend("cpu")
+    for sizes, name in (((0, 2, 3), "in_channels"), ((2, 0, 3), "out_channels")):
+        with pytest.raises(ValueError, match=f"^{name} must be a positive integer, got 0$"):
+            Conv2D(*sizes)
+    with pytest.raises(ValueError, match="^stride must be an int or a pair of ints ≥ 1, got 0$"):
+        Conv2D(2, 3, 3, stride=0)
+    layer = Conv2D(2, 3, 3, bias=False).to(cpu, "float64")
+    assert layer.bias is None and [p.shape for p in layer.parameters()] == [(3, 2, 3, 3)]
+    assert repr(layer) == "Conv2D(2→3, kernel_size=(3, 3), bias=False)"
+    with pytest.raises(ValueError, match=r"^Conv2D\(2→3, kernel_size=\(3, 3\), bias=False\) expects input \(N, 2, H, W\), got \(2, 2, 5\)$"):
+        layer.forward(cpu.asarray(np.ones((2, 2, 5))))
+    assert layer.forward(cpu.asarray(np.ones((1, 2, 3, 3)))).shape == (1, 3, 1, 1)
+    padded = Conv2D(2, 3, 4, padding=1).to(cpu, "float64")
+    assert padded.forward(cpu.asarray(np.ones((1, 2, 2, 2)))).shape == (1, 3, 1, 1)
+    for h, w in ((1, 6), (6, 1)):
+        with pytest.raises(ValueError, match=rf": input {h}x{w} with padding \(1, 1\) is smaller than the kernel 4x4$"):
+            padded.forward(cpu.asarray(np.ones((1, 2, h, w))))
