@@ -81,6 +81,12 @@ def test_history_values_at_the_ends_of_their_range(tmp_path, template, key, acce
             checked(path)
 
 
+def test_a_history_row_without_keys_names_them_all(tmp_path, template):
+    def drop(meta):
+        del meta["history"][1]["train_loss"], meta["history"][1]["seconds"]
+    with pytest.raises(CheckpointError, match="row 2 of its history has no train_loss, seconds; "):
+        checked(written(tmp_path, template, drop))
+
 def test_epoch_numbers_and_history_length(tmp_path, template):
     """An epoch 0 checkpoint with an empty history is whole; the epoch must count the rows exactly."""
     def epoch_zero(meta):

@@ -193,6 +193,41 @@ def test_a_model_needs_only_a_name_and_parameters_to_be_saved(tmp_path):
     assert load_checkpoint(path).params.keys() == {p.name for p in inner.parameters()}
 
 
+@pytest.mark.parametrize("backend_name", ["cpu", "strict"])
+def test_restore_model_copies_weights_and_buffers_in_the_models_dtype(tmp_path, backend_name):
+    """Saved in float64, restored into a float32 cnn: weights and BatchNorm statistics are the
+    saved values, in float32, on the model's backend."""
+    backend = get_backend(backend_name)
+    saved = build_model("cnn", seed=1).to(backend, "float64")
+    rng = np.random.default_rng(0)
+    for _, array in saved.named_buffers():
+        array[...] = backend.asarray(rng.uniform(0.5, 2.0, array.shape), dtype="float64")
+    path = save_checkpoint(tmp_path / "c.npz", saved, epoch=0, backend=backend)
+    model = build_model("cnn", seed=2).to(backend, "float32")
+    load_checkpoint(path).restore_model(model, backend)
+    for original, restored in zip(saved.parameters(), model.parameters()):
+        assert restored.data.dtype == backend.dtype("float32") and restored.grad is None
+        np.testing.assert_array_equal(backend.to_numpy(restored.data), backend.to_numpy(original.data).astype(np.float32))
+    for (name, original), (_, restored) in zip(saved.named_buffers(), model.named_buffers()):
+        assert restored.dtype == backend.dtype("float32"), name
+        np.testing.assert_array_equal(backend.to_numpy(restored), backend.to_numpy(original).astype(np.float32))
+
+
+def test_restore_model_names_every_parameter_that_does_not_fit(tmp_path):
+    cpu = get_backend("cpu")
+    model = build_model("mlp", seed=1).to(cpu, "float64")
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "m.npz", model, epoch=0, backend=cpu))
+    shapes = {p.name: p.shape for p in model.parameters()}
+    first, second = sorted(shapes)[:2]
+    del checkpoint.params[first]                           # missing from the file
+    checkpoint.params[second] = np.zeros((1, 1))           # another shape
+    checkpoint.params["9.weight"] = np.zeros((2,))         # a layer this model does not have
+    message = (f"{checkpoint.path} does not fit this mlp: {first}: saved missing, model has {shapes[first]}; "
+               f"{second}: saved (1, 1), model has {shapes[second]}; 9.weight: saved (2,), model has none")
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
+        checkpoint.restore_model(model, cpu)
+
+
 # -- a checkpoint without optimizer state ----------------------------------------------------------
 @pytest.fixture
 def weights_only(svhn_patches, tmp_path):

@@ -11,6 +11,7 @@ from backends import get_backend
 from backends.counting import count_operations
 from layers import Conv2D
 from layers.conv import ENGINES, ConvParams, conv2d_backward_reference, conv2d_reference
+from layers.conv_rows import RowGeometry, _padded_rows, _tile_size
 
 
 def as_host(backend, parameter):
@@ -190,3 +191,140 @@ def test_conv_misuse_and_the_smallest_input():
     for h, w in ((1, 6), (6, 1)):
         with pytest.raises(ValueError, match=rf": input {h}x{w} with padding \(1, 1\) is smaller than the kernel 4x4$"):
             padded.forward(cpu.asarray(np.ones((1, 2, h, w))))
+
+
+# -- the CPU engine's geometry, tiles and buffers (layers/conv_rows.py) -----------------------------
+def test_row_geometry_known_answers():
+    """Worked by hand from RowGeometry's docstring: rows are the padded width rounded up to a
+    multiple of sw, and the flat input holds exactly the rows the last read reaches."""
+    # 12x12, k5, s1, p2: row 16, 12 wide outputs per row, span 12·16 + 4·16 = 256; the last read,
+    # 4 + 255 = 259, is in row 16 (0-based), one zero row below the 16 padded rows
+    assert RowGeometry.of(12, 12, (5, 5), (1, 1), (2, 2)) == RowGeometry(12, 12, 16, 16, 16, 17, 5)
+    # 9x8, k3, s2, p1: padded width 10 (a multiple of 2), shift 5, pitch 10, out 5x4,
+    # span 5·10 + 2·5 = 60, last read 2 + 2·59 = 120: row 12, so 13 rows
+    assert RowGeometry.of(9, 8, (3, 3), (2, 2), (1, 1)) == RowGeometry(5, 4, 10, 10, 5, 13, 3)
+    # LNet's first layer: 32x32, k5, no padding: out 28, span 28·32 + 4·32 = 1024, last read 1027
+    assert RowGeometry.of(32, 32, (5, 5), (1, 1), (0, 0)) == RowGeometry(28, 28, 32, 32, 32, 33, 5)
+
+
+def test_row_geometry_holds_every_read_and_no_more():
+    """Over many shapes: every flat element the engine reads is inside the buffer, the buffer
+    holds the whole padded image, and one row fewer would not hold the last read."""
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        kh, kw, sh, sw, ph, pw = (int(v) for v in rng.integers(1, 6, 6))
+        ph, pw = ph - 1, pw - 1
+        h, w = int(rng.integers(max(1, kh - 2 * ph), 20)), int(rng.integers(max(1, kw - 2 * pw), 20))
+        g = RowGeometry.of(h, w, (kh, kw), (sh, sw), (ph, pw))
+        assert g.row % sw == 0 and w + 2 * pw <= g.row < w + 2 * pw + sw
+        assert g.shift * sw == g.row and g.pitch == sh * g.shift and g.out_h == (h + 2 * ph - kh) // sh + 1
+        last_read = (kw - 1) + sw * ((g.length - 1) + (kh - 1) * g.shift)  # last kernel row and column, last output
+        assert g.span == g.length + (kh - 1) * g.shift
+        assert g.rows >= h + 2 * ph and g.rows * g.row > last_read >= (g.rows - 1) * g.row, (h, w, kh, kw, sh, sw, ph, pw)
+
+
+@pytest.mark.parametrize("channels, kernel_w, rows", [
+    (3, 5, 16),   # LNet's first layer: 15 rows made 16 (1 ≤ 15/8)
+    (1, 3, 3),    # 5 zero rows would more than double it
+    (2, 4, 8),    # already a multiple of 8
+    (19, 3, 64),  # 57 rows + 7 (7 ≤ 57/8)
+    (3, 3, 9),    # 9 + 7 is too many
+])
+def test_column_buffer_rows(channels, kernel_w, rows):
+    assert _padded_rows(channels, kernel_w) == rows
+
+
+def test_tiles_ask_the_backend_for_one_images_columns_and_products():
+    """The backend is asked for the bytes of one image's R (C·kw, span) and Z (kh·F, span);
+    no tile is larger than the part of the batch it covers."""
+    asked = []
+
+    class Budget:
+        def __init__(self, tile):
+            self.tile = tile
+
+        def batch_tile(self, nbytes):
+            asked.append(nbytes)
+            return self.tile
+
+    class Work:
+        xp = get_backend("cpu").xp
+
+    geometry = RowGeometry.of(12, 12, (5, 5), (1, 1), (2, 2))
+    weight = np.zeros((4, 3, 5, 5))
+    work = Work()
+    work.backend = Budget(3)
+    assert _tile_size(weight, geometry, slice(0, 10), work, np.float32) == 3
+    assert asked == [(3 * 5 + 5 * 4) * geometry.span * 4]
+    work.backend = Budget(None)  # no tiling: the whole part, never more
+    assert _tile_size(weight, geometry, slice(6, 10), work, np.float64) == 4
+    assert asked[1] == (3 * 5 + 5 * 4) * geometry.span * 8
+
+
+def cpu_engine_backend(threads=1, tile_bytes=None):
+    import dataclasses
+    return dataclasses.replace(get_backend("cpu"), launch_bound=False, threads=threads, tile_bytes=tile_bytes)
+
+
+def test_cpu_engine_keeps_float32_work_arrays_one_set_per_thread():
+    """float32 in: every work array is float32 (no float64 copies); with two threads, each
+    part of the batch has its own buffers (shared ones would race) and the result is exact."""
+    backend = cpu_engine_backend(threads=2)
+    rng = np.random.default_rng(3)
+    layer = Conv2D(3, 4, 3, padding=1, rng=rng).to(backend, "float32")
+    x = rng.standard_normal((32, 3, 6, 6))
+    y = layer.forward(backend.asarray(x, dtype="float32"))
+    dy = rng.standard_normal(tuple(y.shape))
+    dx = layer.backward(backend.asarray(dy, dtype="float32"))
+    arrays = layer.work._arrays  # the workspace's buffers (a test may look inside)
+    assert all(array.dtype == np.float32 for array in arrays.values()), {k: a.dtype for k, a in arrays.items()}
+    # padded input; per thread: columns, products, widened dy, stacked dy, column gradients
+    assert len(arrays) == 1 + 2 * 5 and len({id(a) for a in arrays.values()}) == 11, sorted(map(str, arrays))
+    cpu = get_backend("cpu")
+    weight = as_host(backend, layer.weight)
+    expected = conv2d_reference(cpu.xp, x, weight, as_host(backend, layer.bias), (1, 1), (1, 1))
+    dx_ref, dw_ref, _ = conv2d_backward_reference(cpu.xp, x, weight, dy, (1, 1), (1, 1))
+    np.testing.assert_allclose(host(backend, y), expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(host(backend, dx), dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(host(backend, layer.weight.grad), dw_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_backward_reuses_the_forwards_columns_when_the_batch_is_one_tile():
+    """On strict with the CPU engine's policy and no tiling, backward right after forward
+    finds R still in its buffer: it skips the im2col copies that a fresh backward makes."""
+    import dataclasses
+    strict = dataclasses.replace(get_backend("strict"), launch_bound=False, tile_bytes=None)
+    rng = np.random.default_rng(4)
+    layer = Conv2D(2, 3, (3, 4), rng=rng).to(strict, "float64")
+    x = strict.asarray(rng.standard_normal((2, 2, 7, 8)))
+    dy = strict.asarray(rng.standard_normal((2, 3, 5, 5)))
+
+    def backward_operations(forget):
+        layer.forward(x)
+        if forget:
+            layer.work.notes["columns held"].clear()
+        with count_operations() as counts:
+            layer.backward(dy)
+        return counts.operations
+
+    fresh, reused = backward_operations(forget=True), backward_operations(forget=False)
+    assert reused < fresh, (fresh, reused)
+
+
+def test_cpu_engine_forward_allocates_little_more_than_its_output_once_warm():
+    """The second forward of a layer writes R and Z into the workspace's buffers: what it
+    allocates (y, y + bias, small index arrays) stays below the size of one fresh Z."""
+    import tracemalloc
+    backend = cpu_engine_backend()
+    rng = np.random.default_rng(5)
+    layer = Conv2D(3, 8, 5, padding=2, rng=rng).to(backend, "float32")
+    x = backend.asarray(rng.standard_normal((4, 3, 16, 16)), dtype="float32")
+    layer.forward(x)
+    tracemalloc.start()
+    try:
+        y = layer.forward(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    z_bytes = 4 * (5 * 8) * RowGeometry.of(16, 16, (5, 5), (1, 1), (2, 2)).span * 4  # N · kh·F · span · 4 bytes
+    assert peak < z_bytes, (peak, z_bytes, y.nbytes)  # 150 kB here; 400 kB with a fresh Z
