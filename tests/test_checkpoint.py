@@ -88,7 +88,8 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
 
 def test_checkpoint_with_another_optimizer_is_refused(tmp_path):
     path, model, _ = saved_checkpoint(tmp_path)
-    with pytest.raises(CheckpointError, match="saved by Adam, expected SGD"):
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))}: .*saved by Adam, expected SGD.*; "
+                                              "resume with the same 'optimizer'$"):
         load_checkpoint(path).restore_optimizer(SGD(model.parameters(), lr=0.1))
 
 
@@ -120,8 +121,30 @@ def test_damaged_checkpoints_are_clear_errors(tmp_path, damage):
 def test_pickled_checkpoint_is_refused_not_unpickled(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, meta=np.array("{}"), payload=np.array([{"a": 1}], dtype=object))
-    with pytest.raises(CheckpointError, match="contains pickled objects"):  # not only "pickle" in the test's folder name
+    message = f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
         load_checkpoint(path)
+
+
+class _OpensAFile:
+    """Unpickling this creates ``path``: proof that a file was unpickled."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_a_pickle_file_is_refused_and_never_unpickled(tmp_path):
+    import pickle
+
+    marker, path = tmp_path / "unpickled", tmp_path / "evil.npz"
+    path.write_bytes(pickle.dumps(_OpensAFile(marker)))
+    message = f"{path} is not a readable xpnet checkpoint (not an .npz archive); it may be corrupt or truncated"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
+        load_checkpoint(path)
+    assert not marker.exists()
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -228,6 +251,33 @@ def test_restore_model_names_every_parameter_that_does_not_fit(tmp_path):
         checkpoint.restore_model(model, cpu)
 
 
+def test_restore_model_names_the_buffers_and_layer_state_that_do_not_fit(tmp_path):
+    from layers import Dropout, Linear, Sequential
+
+    cpu = get_backend("cpu")
+    model = build_model("cnn", seed=1).to(cpu, "float32")
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", model, epoch=0, backend=cpu))
+    shapes = {name: tuple(array.shape) for name, array in model.named_buffers()}
+    first, second = sorted(shapes)[:2]
+    del checkpoint.buffers[first]
+    checkpoint.buffers[second] = np.zeros((1,))
+    checkpoint.buffers["99.running_mean"] = np.zeros((2,))
+    message = (f"{checkpoint.path} lacks layers of this cnn: its running statistics do not match ({first}: saved missing, "
+               f"model has {shapes[first]}; {second}: saved (1,), model has {shapes[second]}; 99.running_mean: saved (2,), "
+               "model has none); it was written by another version or edited")
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
+        checkpoint.restore_model(model, cpu)
+
+    drops = Sequential(Linear(2, 2), *[Dropout(0.5) for _ in range(10)]).to(cpu, "float64")  # Dropouts 1 to 10
+    drops.name = "drops"
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "d.npz", drops, epoch=0, backend=cpu))
+    del checkpoint.meta["layer_state"]["2"], checkpoint.meta["layer_state"]["10"]
+    message = (f"{checkpoint.path} lacks layers of this drops: no saved state for layer(s) 2, 10 (Dropout(p=0.5), "
+               "Dropout(p=0.5)); it was written by another version or edited")
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
+        checkpoint.restore_model(drops, cpu)
+
+
 # -- a checkpoint without optimizer state ----------------------------------------------------------
 @pytest.fixture
 def weights_only(svhn_patches, tmp_path):
@@ -300,8 +350,8 @@ def _only_checkpoint_errors(data: bytes) -> None:
             checkpoint.restore_model(model, get_backend("cpu"))
             checkpoint.restore_optimizer(Adam(model.parameters()))
             checkpoint.epoch, checkpoint.config, checkpoint.history  # noqa: B018
-        except CheckpointError:
-            pass
+        except CheckpointError as exc:
+            assert str(path) in str(exc), exc  # every refusal names the file
 
 
 @settings(max_examples=150, deadline=None)
@@ -401,3 +451,41 @@ def test_a_registered_models_header_may_list_at_most_its_own_numbers():
     assert entry_limits({"model": "mlp", "parameters": {"w": [size]}})("param/w") == ((size,), size * MAX_ITEMSIZE)
     with pytest.raises(ValueError, match=f"hold {size + 1} numbers, more than a model 'mlp' has \\({size}\\)"):
         entry_limits({"model": "mlp", "parameters": {"w": [size + 1]}})
+
+
+def _rezipped(data: bytes, change) -> bytes:
+    """The archive ``data`` with its members (a dict name → bytes) changed by ``change``."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    change(members)
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w") as archive:
+        for name, payload in members.items():
+            archive.writestr(name, payload)
+    return stream.getvalue()
+
+
+def _npy_version_3(array) -> bytes:
+    stream = io.BytesIO()
+    np.lib.format.write_array(stream, array, version=(3, 0))
+    return stream.getvalue()
+
+
+EDITED = "the file was edited or damaged: use another checkpoint (best.npz or checkpoint.npz of a run)"
+ENTRY_REFUSALS = {
+    "not an array": (lambda members: members.__setitem__("param/3.weight", b"\0" * 20),
+                     "{path} has an entry 'param/3.weight' that is not a NumPy array; it is not an xpnet checkpoint"),
+    "not in the header": (lambda members: members.__setitem__("param/9.weight.npy", _npy(np.zeros(2, np.float32))),
+                          "{path} has an entry 'param/9.weight' that its header does not list; " + EDITED),
+    "npy version 3": (lambda members: members.__setitem__("param/9.weight.npy", _npy_version_3(np.zeros(2, np.float32))),
+                      "{path}: entry 'param/9.weight.npy' is a .npy file of version (3, 0), which numpy.savez does not "
+                      "write; " + EDITED),
+}
+
+
+@pytest.mark.parametrize("change, message", ENTRY_REFUSALS.values(), ids=list(ENTRY_REFUSALS))
+def test_the_readers_refusals_name_the_file_and_the_entry(tiny_checkpoint, tmp_path, change, message):
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(_rezipped(tiny_checkpoint, change))
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message.format(path=path))}$"):
+        load_checkpoint(path)

@@ -276,6 +276,7 @@ def test_cpu_engine_keeps_float32_work_arrays_one_set_per_thread():
     y = layer.forward(backend.asarray(x, dtype="float32"))
     dy = rng.standard_normal(tuple(y.shape))
     dx = layer.backward(backend.asarray(dy, dtype="float32"))
+    assert y.dtype == dx.dtype == layer.weight.grad.dtype == np.float32
     arrays = layer.work._arrays  # the workspace's buffers (a test may look inside)
     assert all(array.dtype == np.float32 for array in arrays.values()), {k: a.dtype for k, a in arrays.items()}
     # padded input; per thread: columns, products, widened dy, stacked dy, column gradients
@@ -328,3 +329,19 @@ def test_cpu_engine_forward_allocates_little_more_than_its_output_once_warm():
         tracemalloc.stop()
     z_bytes = 4 * (5 * 8) * RowGeometry.of(16, 16, (5, 5), (1, 1), (2, 2)).span * 4  # N · kh·F · span · 4 bytes
     assert peak < z_bytes, (peak, z_bytes, y.nbytes)  # 150 kB here; 400 kB with a fresh Z
+
+
+def test_cpu_engine_backward_params_makes_no_input_gradient():
+    """The first layer's backward (parameters only) allocates nothing for dx once warm."""
+    import dataclasses
+    strict = dataclasses.replace(get_backend("strict"), launch_bound=False, tile_bytes=None)
+    rng = np.random.default_rng(6)
+    layer = Conv2D(2, 3, 3, rng=rng).to(strict, "float64")
+    x = strict.asarray(rng.standard_normal((2, 2, 6, 6)))
+    dy = strict.asarray(rng.standard_normal((2, 3, 4, 4)))
+    layer.forward(x)
+    layer.backward_params(dy)  # the workspace's buffers are made here
+    layer.forward(x)
+    with count_operations() as counts:
+        layer.backward_params(dy)
+    assert "zeros" not in counts.by_name, counts.by_name

@@ -303,9 +303,7 @@ def _read_entries(path: Path, header_only: bool = False) -> dict[str, np.ndarray
                 return contents
         except CheckpointError:
             raise
-        except ValueError as exc:
-            if "pickle" in str(exc).lower():
-                raise CheckpointError(f"{path} contains pickled objects; xpnet never unpickles files, so it refuses this one") from exc
+        except ValueError as exc:  # (pickles never get here: entries of an object dtype are refused first)
             raise CheckpointError(f"{path} is not a readable xpnet checkpoint ({exc}); it may be corrupt or truncated") from exc
         except OSError as exc:
             if exc.errno is not None:  # the system refused (permission, I/O error): the file may well be fine
