@@ -345,3 +345,59 @@ def test_cpu_engine_backward_params_makes_no_input_gradient():
     with count_operations() as counts:
         layer.backward_params(dy)
     assert "zeros" not in counts.by_name, counts.by_name
+
+
+def test_cpu_engine_backward_allocates_less_than_one_column_gradient_once_warm():
+    """dR (N, C·kw, span) lives in the workspace: a warm backward allocates dx's padded
+    buffer and small sums, less than one fresh dR."""
+    import tracemalloc
+    backend = cpu_engine_backend()
+    rng = np.random.default_rng(5)
+    layer = Conv2D(8, 2, 5, padding=2, rng=rng).to(backend, "float32")
+    x = backend.asarray(rng.standard_normal((4, 8, 16, 16)), dtype="float32")
+    dy = backend.asarray(rng.standard_normal((4, 2, 16, 16)), dtype="float32")
+    layer.forward(x)
+    layer.backward(dy)
+    layer.forward(x)
+    tracemalloc.start()
+    try:
+        layer.backward(dy)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    column_grad_bytes = 4 * (8 * 5) * RowGeometry.of(16, 16, (5, 5), (1, 1), (2, 2)).span * 4
+    assert peak < column_grad_bytes, (peak, column_grad_bytes)  # 160 kB here; 410 kB with a fresh dR
+
+
+@pytest.mark.parametrize("engine", ["cpu", "launch_bound"])
+def test_fast_engines_write_gradients_into_the_buffers_they_are_handed(engine):
+    """The bias gradient (and the gather engine's weight gradient) is summed straight into
+    ``out``, the parameters' gradient buffers, so the layer copies nothing."""
+    from layers.engine import Workspace
+
+    cpu = get_backend("cpu")
+    rng = np.random.default_rng(7)
+    x, weight, bias = rng.standard_normal((3, 2, 6, 5)), rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4)
+    dy = rng.standard_normal((3, 4, 4, 3))
+    params = ConvParams(weight, bias, (1, 1), (0, 0))
+    chosen = getattr(ENGINES, engine)
+    _, saved = chosen.forward(cpu.xp, x, params, Workspace(cpu))
+    out = {"weight": np.zeros_like(weight), "bias": np.zeros_like(bias)}
+    _, grads = chosen.backward(cpu.xp, dy, saved, params, Workspace(cpu), False, out)
+    assert grads["bias"] is out["bias"]
+    if engine == "launch_bound":
+        assert grads["weight"] is out["weight"]
+    _, dw, db = conv2d_backward_reference(cpu.xp, x, weight, dy, (1, 1), (0, 0))
+    np.testing.assert_allclose(out["bias"], db, rtol=1e-12)
+    np.testing.assert_allclose(grads["weight"], dw, rtol=1e-12)
+
+
+def test_conv_repr_and_eval_mode():
+    assert repr(Conv2D(2, 3, 3)) == "Conv2D(2→3, kernel_size=(3, 3))"
+    assert repr(Conv2D(2, 3, (3, 2), stride=2, padding=(0, 1))) == \
+        "Conv2D(2→3, kernel_size=(3, 2), stride=(2, 2), padding=(0, 1))"
+    layer = Conv2D(2, 3, 3).to(get_backend("cpu"), "float64")
+    layer.eval()
+    y = layer.forward(layer.backend.asarray(np.ones((1, 2, 4, 4))))
+    with pytest.raises(RuntimeError):  # eval mode keeps nothing for backward
+        layer.backward(layer.backend.asarray(np.ones(tuple(y.shape))))
