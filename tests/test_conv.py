@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engine_check import check_engines, host
+from engine_check import check_engines, host, policy_backend
 from helpers import assert_close, backend_or_skip, check_layer, reference_conv2d
 
 from backends import get_backend
@@ -401,3 +401,61 @@ def test_conv_repr_and_eval_mode():
     y = layer.forward(layer.backend.asarray(np.ones((1, 2, 4, 4))))
     with pytest.raises(RuntimeError):  # eval mode keeps nothing for backward
         layer.backward(layer.backend.asarray(np.ones(tuple(y.shape))))
+
+
+# -- the launch-bound engine (layers/conv_gather.py) ----------------------------------------------
+def test_gather_engine_chunks_the_batch_to_the_work_budget():
+    """Chunks of as many examples as the budget holds (at least one); the whole batch without a budget."""
+    from layers.conv_gather import _chunks
+
+    class Work:
+        xp = get_backend("cpu").xp
+
+    def chunks(n, columns, budget, dtype=np.float32):
+        work = Work()
+        work.backend = type("Budget", (), {"work_bytes": budget})()
+        return [(part.start, part.stop) for part in _chunks(n, columns, work, dtype)]
+
+    assert chunks(5, 100, None) == [(0, 5)]
+    assert chunks(5, 100, 1000) == [(0, 2), (2, 4), (4, 5)]          # 400 bytes an example: 2 fit
+    assert chunks(5, 100, 1000, np.float64) == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]  # 800 bytes: 1 fits
+    assert chunks(3, 100, 10) == [(0, 1), (1, 2), (2, 3)]            # not even one fits: one at a time
+    assert chunks(3, 100, 10**9) == [(0, 3)]
+    assert chunks(7, 3, 36) == [(0, 3), (3, 6), (6, 7)]              # 12 bytes an example
+
+
+def test_every_engine_follows_an_input_whose_size_changes():
+    """One layer, inputs of three sizes in turn (the gather engine keeps an index per size)."""
+    rng = np.random.default_rng(8)
+    cpu = get_backend("cpu")
+    for policy in ("cpu-launch-bound", "cpu-tiles", "cpu-reference"):
+        backend = policy_backend(policy)
+        layer = Conv2D(2, 3, 3, stride=(1, 2), padding=1, rng=np.random.default_rng(1)).to(backend, "float64")
+        for shape in ((2, 2, 6, 6), (1, 2, 9, 5), (2, 2, 6, 6)):
+            x = rng.standard_normal(shape)
+            y = layer.forward(backend.asarray(x))
+            dy = rng.standard_normal(tuple(y.shape))
+            dx = layer.backward(backend.asarray(dy))
+            weight, bias = host(backend, layer.weight.data), host(backend, layer.bias.data)
+            np.testing.assert_allclose(host(backend, y), conv2d_reference(cpu.xp, x, weight, bias, (1, 2), (1, 1)),
+                                       rtol=1e-12, atol=1e-12, err_msg=f"{policy} {shape}")
+            dx_ref, _, _ = conv2d_backward_reference(cpu.xp, x, weight, dy, (1, 2), (1, 1))
+            np.testing.assert_allclose(host(backend, dx), dx_ref, rtol=1e-12, atol=1e-12, err_msg=f"{policy} {shape}")
+
+
+def test_gather_engine_chunks_by_the_columns_of_one_example():
+    """A work budget of exactly two examples' columns (C·kh·kw·L numbers each): a batch of 5
+    goes through in 3 chunks, one im2col gather (take) each, and float32 stays float32."""
+    import dataclasses
+    rng = np.random.default_rng(9)
+    for dtype, itemsize in (("float64", 8), ("float32", 4)):
+        columns = 2 * 3 * 2 * (4 * 5)  # C·kh·kw·L for a (3, 2) kernel on 6x6: L = 4·5
+        strict = dataclasses.replace(get_backend("strict"), launch_bound=True, work_bytes=2 * columns * itemsize)
+        layer = Conv2D(2, 3, (3, 2), rng=rng).to(strict, dtype)
+        x = strict.asarray(rng.standard_normal((5, 2, 6, 6)), dtype=dtype)
+        layer.forward(x)  # the gather index is made here
+        with count_operations() as counts:
+            y = layer.forward(x)
+        assert counts.by_name.get("take") == 3, counts.by_name
+        dx = layer.backward(strict.asarray(rng.standard_normal(tuple(y.shape)), dtype=dtype))
+        assert y.dtype == dx.dtype == layer.weight.grad.dtype == strict.dtype(dtype)
