@@ -252,7 +252,8 @@ def test_restore_model_names_every_parameter_that_does_not_fit(tmp_path):
 
 
 def test_restore_model_names_the_buffers_and_layer_state_that_do_not_fit(tmp_path):
-    from layers import Dropout, Linear, Sequential
+    from layers import Dropout, Linear
+    from models.base import Model
 
     cpu = get_backend("cpu")
     model = build_model("cnn", seed=1).to(cpu, "float32")
@@ -268,11 +269,10 @@ def test_restore_model_names_the_buffers_and_layer_state_that_do_not_fit(tmp_pat
     with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
         checkpoint.restore_model(model, cpu)
 
-    drops = Sequential(Linear(2, 2), *[Dropout(0.5) for _ in range(10)]).to(cpu, "float64")  # Dropouts 1 to 10
-    drops.name = "drops"
+    drops = Model(Linear(2, 2), *[Dropout(0.5) for _ in range(10)]).to(cpu, "float64")  # Dropouts 1 to 10
     checkpoint = load_checkpoint(save_checkpoint(tmp_path / "d.npz", drops, epoch=0, backend=cpu))
     del checkpoint.meta["layer_state"]["2"], checkpoint.meta["layer_state"]["10"]
-    message = (f"{checkpoint.path} lacks layers of this drops: no saved state for layer(s) 2, 10 (Dropout(p=0.5), "
+    message = (f"{checkpoint.path} lacks layers of this model: no saved state for layer(s) 2, 10 (Dropout(p=0.5), "
                "Dropout(p=0.5)); it was written by another version or edited")
     with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
         checkpoint.restore_model(drops, cpu)
@@ -489,3 +489,172 @@ def test_the_readers_refusals_name_the_file_and_the_entry(tiny_checkpoint, tmp_p
     path.write_bytes(_rezipped(tiny_checkpoint, change))
     with pytest.raises(CheckpointError, match=f"^{re.escape(message.format(path=path))}$"):
         load_checkpoint(path)
+
+
+def _npy_version_2(array) -> bytes:
+    stream = io.BytesIO()
+    np.lib.format.write_array(stream, array, version=(2, 0))
+    return stream.getvalue()
+
+
+def _refused(data: bytes, tmp_path, message: str) -> None:
+    """Loading ``data`` raises CheckpointError with exactly ``message`` ({path}: the file's path)."""
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=f"^{re.escape(message.format(path=path))}$"):
+        load_checkpoint(path)
+
+
+def test_the_reader_accepts_npy_entries_of_version_2(tiny_checkpoint, tmp_path):
+    """np.save writes version 2.0 when an entry's .npy header outgrows 64 KiB; both versions load."""
+    weight = np.arange(16, dtype=np.float32).reshape(4, 4)
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(_rezipped(tiny_checkpoint, lambda members: members.__setitem__("param/1.weight.npy",
+                                                                                   _npy_version_2(weight))))
+    np.testing.assert_array_equal(load_checkpoint(path).params["1.weight"], weight)
+
+
+def test_entries_the_header_does_not_allow(tiny_checkpoint, tmp_path):
+    """Optimizer state only for a saved optimizer and its parameters 0..n-1; no other prefixes."""
+    unlisted = "{path} has an entry {name!r} that its header does not list; " + EDITED
+    step = _npy(np.array(1))
+    for name in ("optim/4/step", "other/0/step", "optim/x/step"):  # 4 parameters: indices 0 to 3
+        _refused(_rezipped(tiny_checkpoint, lambda members: members.__setitem__(name + ".npy", step)), tmp_path,
+                 unlisted.replace("{name!r}", repr(name)))
+
+    def weights_only(members):  # the header without its optimizer, the optimizer's entries kept
+        meta = json.loads(str(np.load(io.BytesIO(members["meta.npy"]))))
+        del meta["optimizer"]
+        members["meta.npy"] = _npy(np.array(json.dumps(meta)))
+    with zipfile.ZipFile(io.BytesIO(tiny_checkpoint)) as archive:
+        first_optim = sorted(name for name in archive.namelist() if name.startswith("optim/"))[0][:-len(".npy")]
+    _refused(_rezipped(tiny_checkpoint, weights_only), tmp_path, unlisted.replace("{name!r}", repr(first_optim)))
+
+
+def test_entries_larger_than_the_header_allows(tmp_path):
+    """A parameter's entry in 16-byte floats, and optimizer state larger than its parameter
+    (of one number): refused with both sizes, before they are unpacked."""
+    from layers import Linear
+    from models.base import Model
+
+    cpu = get_backend("cpu")
+    model = Model(Linear(1, 1)).to(cpu, "float64")
+    optimizer = Adam(model.parameters())
+    model.parameters()[0].grad = np.ones((1, 1))
+    model.parameters()[1].grad = np.ones((1,))
+    optimizer.step()
+    data = save_checkpoint(tmp_path / "one.npz", model, optimizer, epoch=0, backend=cpu).read_bytes()
+    wide = np.ones((1, 1), dtype=np.longdouble)
+    if wide.itemsize > 8:
+        _refused(_rezipped(data, lambda members: members.__setitem__("param/0.weight.npy", _npy(wide))), tmp_path,
+                 "{path}: entry 'param/0.weight' would unpack to %d bytes (%s of shape (1, 1)), more than the 8 bytes "
+                 "allowed; " % (wide.itemsize, wide.dtype) + EDITED)
+    _refused(_rezipped(data, lambda members: members.__setitem__("optim/1/exp_avg.npy", _npy(np.ones(2)))), tmp_path,
+             "{path}: entry 'optim/1/exp_avg' would unpack to 16 bytes (float64 of shape (2,)), more than the 8 bytes "
+             "allowed; " + EDITED)
+
+
+def test_entries_the_header_lists_but_the_file_lacks(tmp_path):
+    cpu = get_backend("cpu")
+    model = build_model("cnn", seed=1).to(cpu, "float32")
+    data = save_checkpoint(tmp_path / "c.npz", model, epoch=0, backend=cpu).read_bytes()
+    _refused(_rezipped(data, lambda members: members.pop("param/0.weight.npy")), tmp_path,
+             "{path} is inconsistent: its parameters do not match its header; it may be corrupt")
+    _refused(_rezipped(data, lambda members: members.pop("buffer/1.running_mean.npy")), tmp_path,
+             "{path} is inconsistent: its buffers do not match its header; it may be corrupt")
+    _refused(_rezipped(data, lambda members: members.__setitem__("buffer/1.running_mean.npy",
+                                                                 _npy(np.zeros(32, np.int32)))), tmp_path,
+             "{path}: buffer 1.running_mean has dtype int32, expected a float array")
+    _refused(_rezipped(data, lambda members: members.__setitem__("param/1.bias.npy", _npy(np.zeros(32, np.int32)))),
+             tmp_path, "{path}: parameter 1.bias has dtype int32, expected a float array")
+
+
+@pytest.mark.parametrize("nbytes, text", [
+    (0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (2**20 - 1, "1024.0 KiB"),
+    (2**20, "1.0 MiB"), (5 * 2**20 // 2, "2.5 MiB"), (2**30, "1.0 GiB"), (3 * 2**30, "3.0 GiB"),
+])
+def test_sizes_in_messages(nbytes, text):
+    from training.saving.checkpoint import _size
+
+    assert _size(nbytes) == text
+
+
+HEADER = "{path} has an unreadable header (%s); it is not an xpnet checkpoint of this version"
+BAD_HEADERS = {  # a change to the header → what the message says
+    "format": ({"format": 2}, "unsupported format 2"),
+    "parameters not a map": ({"parameters": [[4, 4]]}, "'parameters' must map names to shapes"),
+    "negative size": ({"parameters": {"1.weight": [4, -4]}}, "'parameters' must map names to shapes"),
+    "fractional size": ({"parameters": {"1.weight": [4.0, 4]}}, "'parameters' must map names to shapes"),
+    "size true": ({"parameters": {"1.weight": [True, 4]}}, "'parameters' must map names to shapes"),
+    "shape text": ({"parameters": {"1.weight": "4x4"}}, "'parameters' must map names to shapes"),
+    "model": ({"model": 3}, "'model' must be a name"),
+    "epoch negative": ({"epoch": -1}, "'epoch' must be a whole number"),
+    "epoch float": ({"epoch": 1.0}, "'epoch' must be a whole number"),
+    "epoch true": ({"epoch": True}, "'epoch' must be a whole number"),
+    "config": ({"config": []}, "'config' must be an object"),
+    "history": ({"history": {}}, "'history' must be a list of objects"),
+    "history rows": ({"history": [1]}, "'history' must be a list of objects"),
+    "buffers": ({"buffers": []}, "'buffers' must map names to shapes"),
+    "buffer shape": ({"buffers": {"1.running_mean": [-1]}}, "'buffers' must map names to shapes"),
+    "buffer text": ({"buffers": {"1.running_mean": "4"}}, "'buffers' must map names to shapes"),
+    "layer state": ({"layer_state": []}, "'layer_state' must map layer indices to objects"),
+    "layer state values": ({"layer_state": {"1": 3}}, "'layer_state' must map layer indices to objects"),
+    "step negative": ({"step": -1}, "'step' must be a whole number"),
+    "step null": ({"step": None}, "'step' must be a whole number"),
+    "step fraction": ({"step": 0.5}, "'step' must be a whole number"),
+    "schedule": ({"schedule": "onecycle"}, "'schedule' must be an object"),
+    "optimizer text": ({"optimizer": "Adam"}, "'optimizer' must hold name, hyper and num_params"),
+    "optimizer name": ({"optimizer": {"name": 1, "hyper": {}, "num_params": 4}},
+                       "'optimizer' must hold name, hyper and num_params"),
+    "optimizer hyper": ({"optimizer": {"name": "Adam", "hyper": [], "num_params": 4}},
+                        "'optimizer' must hold name, hyper and num_params"),
+    "optimizer count": ({"optimizer": {"name": "Adam", "hyper": {}, "num_params": -1}},
+                        "'optimizer' must hold name, hyper and num_params"),
+    "no model": ({"model": None}, "'model'"),  # None: the key removed (a KeyError names it)
+}
+
+
+@pytest.mark.parametrize("change, what", BAD_HEADERS.values(), ids=list(BAD_HEADERS))
+def test_each_header_field_of_the_wrong_type_is_named(tiny_checkpoint, tmp_path, change, what):
+    def edit(members):
+        meta = json.loads(str(np.load(io.BytesIO(members["meta.npy"]))))
+        for key, value in change.items():
+            if value is None and key == "model":
+                del meta[key]
+            else:
+                meta[key] = value
+        members["meta.npy"] = _npy(np.array(json.dumps(meta)))
+    _refused(_rezipped(tiny_checkpoint, edit), tmp_path, HEADER % what)
+
+
+def test_header_fields_at_their_simplest_are_accepted(tiny_checkpoint, tmp_path):
+    """Zero sizes and counts, empty maps, no schedule: all well-formed."""
+    def edit(members):
+        meta = json.loads(str(np.load(io.BytesIO(members["meta.npy"]))))
+        meta.update(epoch=0, history=[], step=0, schedule=None, buffers={}, layer_state={"1": {}}, config={})
+        meta["optimizer"]["num_params"] = 4
+        members["meta.npy"] = _npy(np.array(json.dumps(meta)))
+    path = tmp_path / "checkpoint.npz"
+    path.write_bytes(_rezipped(tiny_checkpoint, edit))
+    checkpoint = load_checkpoint(path)
+    assert (checkpoint.epoch, checkpoint.step, checkpoint.schedule, checkpoint.buffers) == (0, 0, None, {})
+
+
+def test_a_meta_entry_that_is_not_one_text(tiny_checkpoint, tmp_path):
+    number = _npy(np.array(1.0))
+    _refused(_rezipped(tiny_checkpoint, lambda members: members.__setitem__("meta.npy", number)), tmp_path,
+             HEADER % "'meta' must be a text scalar, got a float64 array of shape ()")
+    _refused(_rezipped(tiny_checkpoint, lambda members: members.__setitem__("meta.npy", _npy(np.array("[1]")))), tmp_path,
+             HEADER % "unsupported format [1]")
+
+
+def test_a_model_whose_parameters_have_no_names_is_not_saved(tmp_path):
+    """A plain Sequential does not name its parameters: saving it would write one entry for
+    all of them. It is refused, and nothing is written."""
+    from layers import Linear, Sequential
+
+    model = Sequential(Linear(2, 2)).to(get_backend("cpu"), "float64")
+    model.name = "plain"
+    with pytest.raises(CheckpointError, match=r"the model's parameters are not named one by one \(\['', ''\]\); build it as a models.Model"):
+        save_checkpoint(tmp_path / "plain.npz", model, epoch=0, backend=get_backend("cpu"))
+    assert list(tmp_path.iterdir()) == []

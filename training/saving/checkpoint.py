@@ -70,6 +70,10 @@ def save_checkpoint(path, model, optimizer=None, *, epoch: int, backend, config:
     ``path`` is left exactly as it was and CheckpointError says what happened.
     """
     path = Path(path)
+    names = [parameter.name for parameter in model.parameters()]
+    if "" in names or len(set(names)) != len(names):  # a plain Sequential's parameters have no names
+        raise CheckpointError(f"cannot save {path}: the model's parameters are not named one by one ({names}); build it "
+                              "as a models.Model, which names each after its layer (\"0.weight\", ...)")
     arrays: dict[str, np.ndarray] = {}
     for parameter in model.parameters():
         arrays[f"param/{parameter.name}"] = backend.to_numpy(parameter.data)
@@ -426,12 +430,9 @@ def _parse(path: Path, contents: dict[str, np.ndarray]) -> Checkpoint:
             params[name[len("param/"):]] = array
         elif name.startswith("buffer/"):
             buffers[name[len("buffer/"):]] = array
-        elif name.startswith("optim/"):
-            try:
-                _, index, key = name.split("/", 2)
-                optim.setdefault(int(index), {})[key] = array
-            except ValueError:
-                raise CheckpointError(f"{path} has a malformed entry {name!r}") from None
+        elif name.startswith("optim/"):  # "optim/<i>/<key>", i in 0..n-1: entry_limits let no other through
+            _, index, key = name.split("/", 2)
+            optim.setdefault(int(index), {})[key] = array
     if set(params) != set(parameter_shapes) or any(tuple(params[n].shape) != tuple(s) for n, s in parameter_shapes.items()):
         raise CheckpointError(f"{path} is inconsistent: its parameters do not match its header; it may be corrupt")
     for name, array in params.items():
