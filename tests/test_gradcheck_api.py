@@ -111,3 +111,65 @@ def test_cuda_unavailable_is_the_backend_error():
         pytest.skip("a GPU is present: cuda is checked in the other tests")
     with pytest.raises(BackendUnavailableError):
         gradcheck(Scale(3), np.ones((2, 3)), backend="cuda")
+
+
+def test_the_report_table_known_answer():
+    """A report written by hand: columns left-aligned to their widest cell, an empty 'worst at'
+    where there is none, the problem in place of the error, the failed tensors listed."""
+    from layers.gradcheck import GradcheckReport, TensorCheck
+
+    report = GradcheckReport("gradcheck Demo()", [
+        TensorCheck("input", (4, 3), 2.5e-11, (1, 2), True),
+        TensorCheck("weight", (3,), 0.5, (0,), False),
+        TensorCheck("bias", (3,), float("inf"), None, False, "grad not set"),
+    ], 1e-7)
+    assert str(report) == "\n".join([
+        "gradcheck Demo(): FAILED: weight, bias (tolerance 1e-07)",
+        "tensor  shape   max rel. error  worst at  result",
+        "input   (4, 3)  2.5e-11         (1, 2)    pass",
+        "weight  (3,)    5.0e-01         (0,)      FAIL",
+        "bias    (3,)    grad not set              FAIL",
+    ])
+    assert repr(report) == "GradcheckReport(ok=False, failed=['weight', 'bias'])"
+    with pytest.raises(KeyError, match=r"no tensor 'gain' in this report; it has input, weight, bias"):
+        report["gain"]
+
+
+def test_a_backward_that_returns_no_input_gradient_is_a_failed_row():
+    class NoDx(Scale):
+        def backward(self, dy):
+            super().backward(dy)
+            return None
+
+    report = gradcheck(NoDx(3), np.ones((2, 3)))
+    assert report.failed == ["input"] and report["input"].problem == "not returned"
+    assert "not returned" in str(report)
+
+
+def test_the_check_is_a_function_of_its_seed():
+    """The same seed: the same projection and the same sampled entries, so the same report."""
+    layer = Linear(6, 4, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((3, 6))
+    first, again = (gradcheck(layer, x, seed=5, samples=3) for _ in range(2))
+    assert [(row.error, row.where) for row in first.rows] == [(row.error, row.where) for row in again.rows]
+    other = gradcheck(layer, x, seed=6, samples=3)
+    assert [(row.error, row.where) for row in other.rows] != [(row.error, row.where) for row in first.rows]
+
+
+def test_samples_limit_the_forwards_to_two_per_checked_entry():
+    """Central differences: two forwards per checked entry, plus the first forward of each
+    check; with ``samples`` only that many entries of each tensor (input and parameters)."""
+    class Counted(Linear):
+        forwards = 0
+
+        def forward(self, x):
+            Counted.forwards += 1
+            return super().forward(x)
+
+    layer = Counted(5, 3, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 5))
+    gradcheck(layer, x, samples=2)
+    assert Counted.forwards == 2 + 2 * 2 * 3  # projection's shape, backward's forward; 2 entries × 3 tensors
+    Counted.forwards = 0
+    gradcheck(layer, x)
+    assert Counted.forwards == 2 + 2 * (x.size + 15 + 3)
