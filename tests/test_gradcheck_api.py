@@ -143,7 +143,17 @@ def test_a_backward_that_returns_no_input_gradient_is_a_failed_row():
 
     report = gradcheck(NoDx(3), np.ones((2, 3)))
     assert report.failed == ["input"] and report["input"].problem == "not returned"
+    row = report["input"]
+    assert (row.shape, row.error, row.where, row.ok) == ((2, 3), float("inf"), None, False)
     assert "not returned" in str(report)
+
+
+def test_the_title_names_the_layer_the_backend_and_the_mode():
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    title = str(gradcheck(Sequential(Linear(3, 2), Scale(2)), x)).splitlines()[0]
+    assert title == "gradcheck Sequential on cpu, float64, training mode: ok (tolerance 1e-07)"  # its repr has lines
+    title = str(gradcheck(Scale(3).eval(), x, training=False)).splitlines()[0]
+    assert title == "gradcheck Scale() on cpu, float64, eval mode: ok (tolerance 1e-07)"
 
 
 def test_the_check_is_a_function_of_its_seed():
