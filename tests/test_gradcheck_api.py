@@ -183,3 +183,78 @@ def test_samples_limit_the_forwards_to_two_per_checked_entry():
     Counted.forwards = 0
     gradcheck(layer, x)
     assert Counted.forwards == 2 + 2 * (x.size + 15 + 3)
+
+
+# -- the comparison, the differences and the sampling, as known answers (issue 20's survivors) ----
+def test_compare_known_answers():
+    """error = max |a - n| / max(|a|, |n|, 1e-12) over the checked entries, at the first worst."""
+    from layers.gradcheck import _compare
+
+    def row(analytic, numeric, tolerance=1e-7):
+        array = np.zeros(len(numeric))
+        slope = np.asarray(numeric, dtype=np.float64)
+        return _compare("t", np.asarray(analytic, dtype=np.float64), array, lambda: float(slope @ array),
+                        0.5, tolerance, None, "missing")
+
+    small = row([1e-3, 0.0], [2e-3, 0.0])  # tiny gradients: the scale is theirs, not 1
+    assert (small.error, small.where, small.ok) == (pytest.approx(0.5), (0,), False)
+    assert row([4e-3], [1e-3]).error == pytest.approx(0.75)  # the analytic value can be the larger
+    assert row([1e-3], [4e-3]).error == pytest.approx(0.75)  # and so can the numeric one
+    assert row([1.0, 1.0], [0.0, 0.0]).where == (0,)          # ties: the first
+    assert row([0.0, 0.0], [0.0, 0.0]).error == 0.0 and row([0.0], [0.0]).ok
+    for bad in (np.nan, np.inf):
+        assert (row([0.5, bad], [0.5, 0.5]).error, row([0.5, bad], [0.5, 0.5]).ok) == (np.inf, False)
+    assert row([1.0, 3.0], [1.0, 1.0], tolerance=2 / 3).ok    # the tolerance itself passes
+    assert not row([1.0, 3.0], [1.0, 1.0], tolerance=0.66).ok
+    shaped = _compare("w", np.zeros(3), np.zeros((2, 3)), lambda: 0.0, 0.5, 1e-7, None, "missing")
+    assert (shaped.shape, shaped.error, shaped.where, shaped.ok, shaped.problem) == ((2, 3), np.inf, None, False,
+                                                                                     "shape (3,)")
+
+
+def test_central_differences_computes_only_the_entries_asked():
+    from layers.gradcheck import _unravel, central_differences
+
+    array = np.array([[1.0, 2.0], [3.0, 4.0]])
+    grad = central_differences(lambda: float(np.sum(array ** 2)), array, 1e-3)
+    np.testing.assert_allclose(grad, [2.0, 4.0, 6.0, 8.0], rtol=1e-9)
+    grad = central_differences(lambda: float(np.sum(array ** 2)), array, 1e-3, indices=[2])
+    assert np.isnan(grad[[0, 1, 3]]).all() and grad[2] == pytest.approx(6.0)
+    np.testing.assert_array_equal(array, [[1.0, 2.0], [3.0, 4.0]])  # restored
+    assert [_unravel(i, (2, 3)) for i in (0, 2, 3, 5)] == [(0, 0), (0, 2), (1, 0), (1, 2)]
+
+
+def test_sampled_entries_are_distinct():
+    from backends import host_rng
+    from layers.gradcheck import _indices
+
+    for seed in range(20):
+        picked = _indices(host_rng(seed), 5, 4)
+        assert len(set(picked)) == 4 and all(0 <= i < 5 for i in picked)
+    assert _indices(host_rng(0), 5, 5) is None and _indices(host_rng(0), 5, None) is None
+
+
+def test_argument_messages_and_their_ends():
+    x = np.ones((2, 3))
+    with pytest.raises(TypeError, match=r"^gradcheck checks a Layer \(forward and backward\), got function$"):
+        gradcheck(lambda v: v, x)
+    with pytest.raises(TypeError, match=r"^gradcheck takes the input x as a NumPy array, got builtins\.list; "):
+        gradcheck(Scale(3), [[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match="^gradcheck needs a non-empty input x$"):
+        gradcheck(Scale(3), np.ones((0, 3)))
+    assert gradcheck(Scale(1), np.ones((1, 1))).ok  # one number is enough
+    for samples in (0, True, 1.5):
+        with pytest.raises(ValueError, match=rf"^samples must be a positive whole number or None, got {samples!r}$"):
+            gradcheck(Scale(3), x, samples=samples)
+    assert gradcheck(Scale(3), x, samples=1).ok
+    for name in ("step", "tolerance"):
+        for value in (0, 1, 1.5, -0.1, True, "1e-6"):
+            with pytest.raises(ValueError, match=rf"^{name} must be a number between 0 and 1, got {value!r}$"):
+                gradcheck(Scale(3), x, **{name: value})
+    assert gradcheck(Scale(3), x, step=1e-4, tolerance=0.999).ok
+
+
+def test_a_whole_model_in_float32_is_checked_in_float64_and_moved_back():
+    """A model owns its flat parameter buffer: checking the whole model moves it (not refused)."""
+    model = Sequential(Linear(3, 2, rng=np.random.default_rng(0)), Scale(2)).to("cpu", "float32")
+    assert gradcheck(model, np.random.default_rng(1).standard_normal((2, 3))).ok
+    assert model.dtype == model.xp.float32
