@@ -135,13 +135,13 @@ def test_the_report_table_known_answer():
         report["gain"]
 
 
-def test_a_backward_that_returns_no_input_gradient_is_a_failed_row():
+def test_a_backward_that_returns_no_input_gradient_is_a_failed_row(backend):
     class NoDx(Scale):
         def backward(self, dy):
             super().backward(dy)
             return None
 
-    report = gradcheck(NoDx(3), np.ones((2, 3)))
+    report = gradcheck(NoDx(3), np.ones((2, 3)), backend)
     assert report.failed == ["input"] and report["input"].problem == "not returned"
     row = report["input"]
     assert (row.shape, row.error, row.where, row.ok) == ((2, 3), float("inf"), None, False)
@@ -161,6 +161,8 @@ def test_the_check_is_a_function_of_its_seed():
     layer = Linear(6, 4, rng=np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((3, 6))
     first, again = (gradcheck(layer, x, seed=5, samples=3) for _ in range(2))
+    default, zero = gradcheck(layer, x, samples=3), gradcheck(layer, x, seed=0, samples=3)
+    assert [(row.error, row.where) for row in default.rows] == [(row.error, row.where) for row in zero.rows]
     assert [(row.error, row.where) for row in first.rows] == [(row.error, row.where) for row in again.rows]
     other = gradcheck(layer, x, seed=6, samples=3)
     assert [(row.error, row.where) for row in other.rows] != [(row.error, row.where) for row in first.rows]
