@@ -657,4 +657,12 @@ def test_a_model_whose_parameters_have_no_names_is_not_saved(tmp_path):
     model.name = "plain"
     with pytest.raises(CheckpointError, match=r"the model's parameters are not named one by one \(\['', ''\]\); build it as a models.Model"):
         save_checkpoint(tmp_path / "plain.npz", model, epoch=0, backend=get_backend("cpu"))
+    single = Sequential(Linear(2, 2, bias=False)).to(get_backend("cpu"), "float64")  # one parameter, no name
+    single.name = "plain"
+    with pytest.raises(CheckpointError, match=r"not named one by one \(\[''\]\)"):
+        save_checkpoint(tmp_path / "plain.npz", single, epoch=0, backend=get_backend("cpu"))
+    for parameter in model.parameters():
+        parameter.name = "w"  # named, but twice the same
+    with pytest.raises(CheckpointError, match=r"not named one by one \(\['w', 'w'\]\)"):
+        save_checkpoint(tmp_path / "plain.npz", model, epoch=0, backend=get_backend("cpu"))
     assert list(tmp_path.iterdir()) == []
