@@ -241,6 +241,10 @@ def test_argument_messages_and_their_ends():
         gradcheck(lambda v: v, x)
     with pytest.raises(TypeError, match=r"^gradcheck takes the input x as a NumPy array, got builtins\.list; "):
         gradcheck(Scale(3), [[1.0, 2.0, 3.0]])
+    from backends import get_backend
+    with pytest.raises(TypeError, match=r"^gradcheck takes the input x as a NumPy array, got "
+                                        r"array_api_strict\._array_object\.Array; the check moves it to the backend itself$"):
+        gradcheck(Scale(3), get_backend("strict").asarray(x))
     with pytest.raises(ValueError, match="^gradcheck needs a non-empty input x$"):
         gradcheck(Scale(3), np.ones((0, 3)))
     assert gradcheck(Scale(1), np.ones((1, 1))).ok  # one number is enough
