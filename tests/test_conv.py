@@ -460,3 +460,10 @@ def test_gather_engine_chunks_by_the_columns_of_one_example():
         assert counts.by_name.get("take") == 3, counts.by_name
         dx = layer.backward(strict.asarray(rng.standard_normal(tuple(y.shape)), dtype=dtype))
         assert y.dtype == dx.dtype == layer.weight.grad.dtype == strict.dtype(dtype)
+    for n in (4, 5):  # two chunks and three: dx assembled chunk by chunk, as the reference has it
+        x = rng.standard_normal((n, 2, 6, 6))
+        y = layer.forward(strict.asarray(x, dtype="float32"))
+        dy = rng.standard_normal(tuple(y.shape))
+        dx = layer.backward(strict.asarray(dy, dtype="float32"))
+        expected, _, _ = conv2d_backward_reference(get_backend("cpu").xp, x, host(strict, layer.weight.data), dy, (1, 1), (0, 0))
+        np.testing.assert_allclose(host(strict, dx), expected, rtol=1e-4, atol=1e-4)
