@@ -236,6 +236,20 @@ def test_restore_model_copies_weights_and_buffers_in_the_models_dtype(tmp_path, 
         np.testing.assert_array_equal(backend.to_numpy(restored), backend.to_numpy(original).astype(np.float32))
 
 
+def test_restore_model_restores_each_dropouts_step(tmp_path):
+    cpu = get_backend("cpu")
+    saved = build_model("cnn", seed=1).to(cpu, "float32")
+    saved.load_layer_state({"22": {"step": 7}, "25": {"step": 9}})
+    path = save_checkpoint(tmp_path / "c.npz", saved, epoch=0, backend=cpu)
+    model = build_model("cnn", seed=1).to(cpu, "float32")
+    load_checkpoint(path).restore_model(model, cpu)
+    assert model.layer_state() == {"22": {"step": 7}, "25": {"step": 9}}
+    checkpoint = load_checkpoint(path)
+    checkpoint.meta["layer_state"]["25"] = {"step": "x"}
+    with pytest.raises(CheckpointError, match=rf"^{re.escape(str(path))}: its layer state does not fit this cnn \("):
+        checkpoint.restore_model(model, cpu)
+
+
 def test_restore_model_names_every_parameter_that_does_not_fit(tmp_path):
     cpu = get_backend("cpu")
     model = build_model("mlp", seed=1).to(cpu, "float64")
