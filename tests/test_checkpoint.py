@@ -680,3 +680,24 @@ def test_a_model_whose_parameters_have_no_names_is_not_saved(tmp_path):
     with pytest.raises(CheckpointError, match=r"not named one by one \(\['w', 'w'\]\)"):
         save_checkpoint(tmp_path / "plain.npz", model, epoch=0, backend=get_backend("cpu"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_what_goes_wrong_inside_the_archive_is_one_line_naming_the_file(tiny_checkpoint, tmp_path, monkeypatch):
+    """A truncated archive, an entry name that only looks like a number, and an I/O error
+    with or without an errno: each a CheckpointError naming the file, with the cause."""
+    unreadable = "{path} is not a readable xpnet checkpoint (%s); it may be corrupt or truncated"
+    _refused(tiny_checkpoint[:len(tiny_checkpoint) // 2], tmp_path, unreadable % "BadZipFile: File is not a zip file")
+    odd_digit = _rezipped(tiny_checkpoint, lambda members: members.__setitem__("optim/²/step.npy", _npy(np.array(1))))
+    _refused(odd_digit, tmp_path, unreadable % "invalid literal for int() with base 10: '²'")
+
+    import errno
+
+    def failing(error):
+        def load(*args, **kwargs):
+            raise error
+        return load
+
+    monkeypatch.setattr(np, "load", failing(OSError(errno.EIO, "Input/output error")))
+    _refused(tiny_checkpoint, tmp_path, "cannot read checkpoint {path}: Input/output error")
+    monkeypatch.setattr(np, "load", failing(OSError("no errno")))
+    _refused(tiny_checkpoint, tmp_path, unreadable % "OSError: no errno")
