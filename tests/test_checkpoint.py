@@ -701,3 +701,14 @@ def test_what_goes_wrong_inside_the_archive_is_one_line_naming_the_file(tiny_che
     _refused(tiny_checkpoint, tmp_path, "cannot read checkpoint {path}: Input/output error")
     monkeypatch.setattr(np, "load", failing(OSError("no errno")))
     _refused(tiny_checkpoint, tmp_path, unreadable % "OSError: no errno")
+
+
+def test_a_model_of_one_parameter_round_trips(tmp_path):
+    from layers import Linear
+    from models.base import Model
+
+    cpu = get_backend("cpu")
+    model = Model(Linear(3, 2, bias=False, rng=np.random.default_rng(0))).to(cpu, "float64")
+    checkpoint = load_checkpoint(save_checkpoint(tmp_path / "one.npz", model, epoch=0, backend=cpu))
+    assert checkpoint.meta["dtype"] == "float64"
+    np.testing.assert_array_equal(checkpoint.params["0.weight"], cpu.to_numpy(model.parameters()[0].data))
