@@ -653,6 +653,16 @@ def test_header_fields_at_their_simplest_are_accepted(tiny_checkpoint, tmp_path)
     checkpoint = load_checkpoint(path)
     assert (checkpoint.epoch, checkpoint.step, checkpoint.schedule, checkpoint.buffers) == (0, 0, None, {})
 
+    def drop_optional(members):  # what only later versions wrote: none of it required
+        meta = json.loads(str(np.load(io.BytesIO(members["meta.npy"]))))
+        for key in ("history", "config", "extra", "step", "schedule", "buffers", "layer_state"):
+            meta.pop(key, None)
+        meta["epoch"] = 0
+        members["meta.npy"] = _npy(np.array(json.dumps(meta)))
+    path.write_bytes(_rezipped(tiny_checkpoint, drop_optional))
+    checkpoint = load_checkpoint(path)
+    assert (checkpoint.history, checkpoint.config, checkpoint.step, checkpoint.schedule) == ([], {}, 0, None)
+
 
 def test_a_meta_entry_that_is_not_one_text(tiny_checkpoint, tmp_path):
     number = _npy(np.array(1.0))
