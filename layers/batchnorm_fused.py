@@ -70,7 +70,7 @@ def eval_forward(xp, x, params, work):
                                                 xp.reshape(params.bias, shape), params.eps), None
 
 
-def update_statistics(xp, mean, var, count, params, work):
+def update_statistics(mean, var, count, params, work):
     """Fold the batch's (mean, var) into the running statistics; 1/σ shaped to broadcast."""
     return work.backend.fuse(update_running_stats)(params.running_mean, params.running_var, mean, var, params.momentum,
                                                    1 - params.momentum, count / (count - 1), params.eps)
@@ -89,7 +89,7 @@ class FusedBatchNorm:
         mean = fuse(scaled_sum, axes=axes)(x, 1.0 / count)
         var = fuse(centered_square_sum, axes=axes)(x, xp.reshape(mean, shape), 1.0 / count)
         mean_b = xp.reshape(mean, shape)
-        inverse_std_b = xp.reshape(update_statistics(xp, mean, var, count, params, work), shape)
+        inverse_std_b = xp.reshape(update_statistics(mean, var, count, params, work), shape)
         y = fuse(normalise)(x, mean_b, inverse_std_b, xp.reshape(params.weight, shape), xp.reshape(params.bias, shape))
         return y, (x, mean_b, inverse_std_b, count)
 

@@ -62,7 +62,7 @@ class TiledBatchNorm:
         count = x.size // c
         var = square / count
         mean_b = xp.reshape(mean, shape)
-        inverse_std_b = xp.reshape(update_statistics(xp, mean, var, count, params, work), shape)
+        inverse_std_b = xp.reshape(update_statistics(mean, var, count, params, work), shape)
         scale = inverse_std_b * xp.reshape(params.weight, shape)
         shift = xp.reshape(params.bias, shape) - mean_b * scale
         y = xp.empty(x.shape, dtype=x.dtype)
