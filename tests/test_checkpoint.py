@@ -250,17 +250,24 @@ def test_restore_model_restores_each_dropouts_step(tmp_path):
         checkpoint.restore_model(model, cpu)
 
 
+def _spoil(entries: dict, shapes: dict, stranger: str) -> tuple[str, str]:
+    """Of a checkpoint's ``entries`` (the model's ``shapes``), drop the first by name, give the
+    second shape (1,), and add ``stranger`` of shape (2,); returns the first two names."""
+    first, second = sorted(shapes)[:2]
+    del entries[first]                      # missing from the file
+    entries[second] = np.zeros((1,))        # another shape
+    entries[stranger] = np.zeros((2,))      # a layer this model does not have
+    return first, second
+
+
 def test_restore_model_names_every_parameter_that_does_not_fit(tmp_path):
     cpu = get_backend("cpu")
     model = build_model("mlp", seed=1).to(cpu, "float64")
     checkpoint = load_checkpoint(save_checkpoint(tmp_path / "m.npz", model, epoch=0, backend=cpu))
     shapes = {p.name: p.shape for p in model.parameters()}
-    first, second = sorted(shapes)[:2]
-    del checkpoint.params[first]                           # missing from the file
-    checkpoint.params[second] = np.zeros((1, 1))           # another shape
-    checkpoint.params["9.weight"] = np.zeros((2,))         # a layer this model does not have
+    first, second = _spoil(checkpoint.params, shapes, "9.weight")
     message = (f"{checkpoint.path} does not fit this mlp: {first}: saved missing, model has {shapes[first]}; "
-               f"{second}: saved (1, 1), model has {shapes[second]}; 9.weight: saved (2,), model has none")
+               f"{second}: saved (1,), model has {shapes[second]}; 9.weight: saved (2,), model has none")
     with pytest.raises(CheckpointError, match=f"^{re.escape(message)}$"):
         checkpoint.restore_model(model, cpu)
 
@@ -273,10 +280,7 @@ def test_restore_model_names_the_buffers_and_layer_state_that_do_not_fit(tmp_pat
     model = build_model("cnn", seed=1).to(cpu, "float32")
     checkpoint = load_checkpoint(save_checkpoint(tmp_path / "c.npz", model, epoch=0, backend=cpu))
     shapes = {name: tuple(array.shape) for name, array in model.named_buffers()}
-    first, second = sorted(shapes)[:2]
-    del checkpoint.buffers[first]
-    checkpoint.buffers[second] = np.zeros((1,))
-    checkpoint.buffers["99.running_mean"] = np.zeros((2,))
+    first, second = _spoil(checkpoint.buffers, shapes, "99.running_mean")
     message = (f"{checkpoint.path} lacks layers of this cnn: its running statistics do not match ({first}: saved missing, "
                f"model has {shapes[first]}; {second}: saved (1,), model has {shapes[second]}; 99.running_mean: saved (2,), "
                "model has none); it was written by another version or edited")

@@ -125,6 +125,15 @@ def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
         ) from exc
 
 
+def _shape_differences(model_shapes: dict, saved: dict[str, np.ndarray]) -> str:
+    """"name: saved (shape), model has (shape)" for each name whose shapes differ ("missing" or
+    "none" where one side lacks it), sorted and joined by "; "; "" when all fit."""
+    expected = {name: tuple(shape) for name, shape in model_shapes.items()}
+    found = {name: tuple(array.shape) for name, array in saved.items()}
+    return "; ".join(f"{name}: saved {found.get(name, 'missing')}, model has {expected.get(name, 'none')}"
+                     for name in sorted(set(expected) | set(found)) if expected.get(name) != found.get(name))
+
+
 class Checkpoint:
     """A checkpoint read back: ``meta`` (dict), ``params`` {name: array}, optimizer state."""
 
@@ -206,15 +215,9 @@ class Checkpoint:
                 f"{self.path} is a checkpoint of model '{self.model_name}', not '{model.name}'; "
                 f"use {setting('model')} {self.model_name}"
             )
-        expected = {p.name: p.shape for p in model.parameters()}
-        saved = {name: tuple(array.shape) for name, array in self.params.items()}
-        if expected != saved:
-            differences = [
-                f"{name}: saved {saved.get(name, 'missing')}, model has {expected.get(name, 'none')}"
-                for name in sorted(set(expected) | set(saved))
-                if expected.get(name) != saved.get(name)
-            ]
-            raise CheckpointError(f"{self.path} does not fit this {model.name}: " + "; ".join(differences))
+        differences = _shape_differences({p.name: p.shape for p in model.parameters()}, self.params)
+        if differences:
+            raise CheckpointError(f"{self.path} does not fit this {model.name}: {differences}")
         self._check_buffers(model)
         for parameter in model.parameters():
             parameter.data = backend.asarray(self.params[parameter.name], dtype=parameter.data.dtype)
@@ -228,13 +231,10 @@ class Checkpoint:
 
     def _check_buffers(self, model) -> None:
         """The model's buffers (BatchNorm running statistics) and stateful layers must all be in the file."""
-        expected = {name: tuple(array.shape) for name, array in model.named_buffers()}
-        saved = {name: tuple(array.shape) for name, array in self.buffers.items()}
-        if expected != saved:
-            differences = [f"{name}: saved {saved.get(name, 'missing')}, model has {expected.get(name, 'none')}"
-                           for name in sorted(set(expected) | set(saved)) if expected.get(name) != saved.get(name)]
+        differences = _shape_differences({name: array.shape for name, array in model.named_buffers()}, self.buffers)
+        if differences:
             raise CheckpointError(f"{self.path} lacks layers of this {model.name}: its running statistics do not match "
-                                  f"({'; '.join(differences)}); it was written by another version or edited")
+                                  f"({differences}); it was written by another version or edited")
         missing = sorted(set(model.layer_state()) - set(self.meta.get("layer_state", {})), key=int)
         if missing:
             raise CheckpointError(f"{self.path} lacks layers of this {model.name}: no saved state for layer(s) "
