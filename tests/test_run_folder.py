@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -179,6 +180,46 @@ def test_an_early_interrupt_leaves_no_empty_folder(tmp_path, capsys, monkeypatch
     assert code == 130
     assert err.strip() == f"interrupted before an epoch ended; nothing was saved in {tmp_path / 'run'}"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_an_interrupt_inside_claim_leaves_no_folder(tmp_path, monkeypatch, when, which):
+    """Without cli.py's signal handling (a notebook), a KeyboardInterrupt just before or just after
+    any of claim's mkdirs removes every folder it made, the outer ones too."""
+    out = tmp_path / "new" / "deeper" / "run"
+    made, mkdir = [], Path.mkdir
+
+    def interrupted_mkdir(self, *args, **kwargs):
+        if when == "before" and len(made) == which:
+            raise KeyboardInterrupt
+        mkdir(self, *args, **kwargs)
+        made.append(self)
+        if when == "after" and len(made) == which + 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "mkdir", interrupted_mkdir)
+    with pytest.raises(KeyboardInterrupt):
+        run_folder.claim(out)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_signal_while_the_folder_is_made_stops_the_run_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    """Under cli.py's signal handling a real SIGINT that arrives the moment a folder was made is
+    recorded, the claim finishes, and the run stops at its next check, releasing the folder."""
+    out = tmp_path / "new" / "run"
+    mkdir = Path.mkdir
+
+    def mkdir_then_signal(self, *args, **kwargs):
+        mkdir(self, *args, **kwargs)
+        if self == out:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_signal)
+    code, _, err = run(TINY + ["--out", str(out)], capsys)
+    assert code == 130
+    assert err.strip() == f"interrupted before an epoch ended; nothing was saved in {out}"
+    assert os.listdir(tmp_path) == []
 
 
 def test_output_folder_under_a_file_is_a_clear_error(tmp_path, capsys):

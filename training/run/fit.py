@@ -79,6 +79,9 @@ class RunResult:
         return next(row for row in self.history if row["epoch"] == self.best_epoch)
 
 
+NOT_LOOKED = object()  # train() had not yet looked at the folder's checkpoint when it was interrupted
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) stopped a run; every completed epoch is kept.
 
@@ -114,11 +117,13 @@ def train(config: RunConfig, *, log=None) -> RunResult:
     if checkpoint is not None and checkpoint.epoch >= config.epochs:
         raise XpnetError(f"{chosen.resume} already holds {checkpoint.epoch} epochs; "
                          f"pass {setting('epochs')} greater than {checkpoint.epoch} to train further")
-    folder, trainer, interrupted, aside = None, None, False, None
+    folder, trainer, interrupted, aside, found = None, None, False, None, NOT_LOOKED
     try:
-        folder, replaced, recovered = claim_output_folder(chosen, config, checkpoint)
-        aside = SetAside(folder.path)
-        found = file_identity(folder.path / "checkpoint.npz")  # another run's, or the resumed run's own
+        with interrupts.deferred():  # under cli.py a Ctrl-C meanwhile is only recorded, and acted on just below
+            folder, replaced, recovered = claim_output_folder(chosen, config, checkpoint)
+            aside = SetAside(folder.path)
+            found = file_identity(folder.path / "checkpoint.npz")  # another run's, or the resumed run's own
+        interrupts.check()
         if folder.stale_lock_of:
             log(f"note: {folder.path} had a stale lock of process {folder.stale_lock_of}, which has ended; taking it over")
         if recovered:
@@ -140,7 +145,8 @@ def train(config: RunConfig, *, log=None) -> RunResult:
                 if aside is not None and aside.pending:  # the new run saved no epoch: the old one comes back
                     _restore(aside, log)
                 path = folder.path / "checkpoint.npz"
-                if file_identity(path) != found or (checkpoint is not None and "checkpoint.npz" not in replaced):
+                if found is not NOT_LOOKED and (file_identity(path) != found
+                                                or (checkpoint is not None and "checkpoint.npz" not in replaced)):
                     saved_epoch = epoch_saved_in(path)  # written by this run, or an earlier state of it
             finally:
                 folder.release()

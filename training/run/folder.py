@@ -29,6 +29,7 @@ import json
 import os
 from pathlib import Path
 
+from .. import interrupts
 from ..errors import CheckpointError, XpnetError, setting
 from ..saving.checkpoint import read_header
 from ..saving.regular_files import check_regular, kind_of, open_regular
@@ -67,16 +68,18 @@ class RunFolder:
         return present_run_files(self.path)
 
     def release(self) -> None:
-        """Unlock the folder; remove the folders claim() created if they are still empty."""
+        """Unlock the folder; remove the folders claim() created if they are still empty.
+        (A Ctrl-C is only recorded meanwhile under cli.py's signal handling, as in claim.)"""
         if self._lock is None:
             return
-        try:
-            os.unlink(self.path / LOCK_NAME)  # while still locked: nobody else can be using it
-        except OSError:
-            pass
-        os.close(self._lock)  # closing the descriptor drops the flock
-        self._lock = None
-        _remove_if_empty(self._created)
+        with interrupts.deferred():
+            try:
+                os.unlink(self.path / LOCK_NAME)  # while still locked: nobody else can be using it
+            except OSError:
+                pass
+            os.close(self._lock)  # closing the descriptor drops the flock
+            self._lock = None
+            _remove_if_empty(self._created)
 
 
 def claim(path: Path) -> RunFolder:
@@ -84,15 +87,22 @@ def claim(path: Path) -> RunFolder:
 
     Raises XpnetError when it cannot be created or written, or when another process holds
     it. The caller must call ``release()`` on the result, also when it fails later.
+
+    Under cli.py's signal handling a Ctrl-C is only recorded while the folder is made and
+    locked (the next ``interrupts.check()`` acts on it), so that it cannot land between a
+    ``mkdir`` and the note of what was made; without it (a notebook), an interrupt anywhere
+    in here still removes the folders made so far.
     """
     path = Path(path)
-    created = _make_folders(path)
-    try:
-        descriptor, stale_pid = _lock(path)
-    except BaseException:
-        _remove_if_empty(created)
-        raise
-    return RunFolder(path, descriptor, created, stale_pid)
+    created: list[Path] = []
+    with interrupts.deferred():
+        try:
+            _make_folders(path, created)
+            descriptor, stale_pid = _lock(path)
+        except BaseException:
+            _remove_if_empty(created)
+            raise
+        return RunFolder(path, descriptor, created, stale_pid)
 
 
 def _remove_if_empty(created: list[Path]) -> None:
@@ -100,6 +110,8 @@ def _remove_if_empty(created: list[Path]) -> None:
     for folder in reversed(created):
         try:
             folder.rmdir()  # only succeeds on an empty folder
+        except FileNotFoundError:  # noted, but an interrupt came before its mkdir made it
+            continue
         except OSError:
             break
 
@@ -215,8 +227,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 # -- creating and locking ------------------------------------------------------------------------
-def _make_folders(path: Path) -> list[Path]:
-    """mkdir -p ``path``; returns the folders it created, outermost first."""
+def _make_folders(path: Path, created: list[Path]) -> None:
+    """mkdir -p ``path``, appending to ``created`` each folder it makes, outermost first (noted just
+    before its mkdir, so that an interrupt at any moment leaves no folder made and not noted)."""
     missing = []
     folder = path
     while not folder.exists() and not folder.is_symlink():
@@ -228,17 +241,16 @@ def _make_folders(path: Path) -> list[Path]:
         what = kind_of(folder) or "a file"  # a dangling link, a FIFO ...
         raise XpnetError(f"cannot create the output folder {path}: {folder} is {what}, not a folder; "
                          f"choose another with {setting('out')}")
-    created = []
     for folder in reversed(missing):
+        created.append(folder)
         try:
             folder.mkdir()
         except FileExistsError:  # made meanwhile by another process: not ours to remove
+            created.pop()
             continue
         except OSError as exc:
-            _remove_if_empty(created)
+            created.pop()
             raise XpnetError(f"cannot create the output folder {path}: {exc.strerror or exc}; choose another with {setting('out')}") from exc
-        created.append(folder)
-    return created
 
 
 def _lock(folder: Path) -> tuple[int, int | None]:
