@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from .counting import as_one_operation, matmul_launches, one_transfer
 from .fusion import FusedFunction
+from .workers import worker_threads
 
 FLOAT_DTYPES = ("float32", "float64")
 ENGINES = ("fast", "reference")
@@ -44,9 +44,6 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-
-
 def single_threaded_blas():
     """Make BLAS (OpenBLAS, MKL) run each call on one thread, for the whole process.
 
@@ -60,12 +57,6 @@ def single_threaded_blas():
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1, user_api="blas")
-
-
-def _thread_pool(workers: int) -> ThreadPoolExecutor:
-    if workers not in _POOLS:
-        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="xpnet")
-    return _POOLS[workers]
 
 
 class BackendUnavailableError(RuntimeError):
@@ -253,7 +244,7 @@ class Backend:
         if parts <= 1:
             return [function(slice(0, length))]
         bounds = [length * k // parts for k in range(parts + 1)]
-        return list(_thread_pool(parts).map(function, [slice(a, b) for a, b in zip(bounds, bounds[1:])]))
+        return worker_threads(parts).map(function, [slice(a, b) for a, b in zip(bounds, bounds[1:])])
 
     def batch_tile(self, bytes_per_example: int) -> int | None:
         """Examples per tile for work that fills a buffer of ``bytes_per_example`` each.
