@@ -7,9 +7,12 @@ to stop) only after starting it: a Ctrl-C between the two left a worker that the
 then waited for forever. Daemon threads are not waited for at exit. And a map that a
 Ctrl-C interrupts starts no further part and waits for those already running before it
 raises, so no part goes on writing into an output after the map has returned or raised.
+A forked child (``multiprocessing`` on Linux) has none of its parent's threads, so it
+forgets its parent's pools and starts its own.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any, Callable, Sequence
@@ -108,3 +111,7 @@ def worker_threads(count: int) -> WorkerThreads:
     if count not in _POOLS:
         _POOLS[count] = WorkerThreads(count)
     return _POOLS[count]
+
+
+if hasattr(os, "register_at_fork"):  # a forked child has none of its parent's threads: it starts its own
+    os.register_at_fork(after_in_child=_POOLS.clear)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import builtins
+import os
 import subprocess
 import sys
 import threading
@@ -99,6 +100,30 @@ def test_a_ctrl_c_neither_hangs_the_exit_nor_leaves_a_part_running():
     assert first in ("0 parts started, 0 finished", "1 parts started, 1 finished", "2 parts started, 2 finished")
     assert second == "2 parts started, 2 finished"
     assert after == "[slice(0, 32, None), slice(32, 64, None)]"
+
+
+FORKED_AFTER_A_MAP = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from backends import get_backend
+cpu = get_backend("cpu")
+cpu.threads = 2
+assert len(cpu.map_slices(lambda rows: rows, 64)) == 2  # the parent's worker threads are running
+child = os.fork()
+if child == 0:  # the child has no threads but its own: without new ones its map would wait forever
+    os._exit(0 if len(cpu.map_slices(lambda rows: rows, 64)) == 2 else 1)
+print(os.waitpid(child, 0)[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this system")
+def test_a_forked_child_gets_worker_threads_of_its_own():
+    try:
+        result = subprocess.run([sys.executable, "-c", FORKED_AFTER_A_MAP, str(REPO)], capture_output=True, text=True,
+                                timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child waited for its parent's worker threads, which it does not have")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", "")
 
 
 def test_thread_count_from_the_environment(monkeypatch):
