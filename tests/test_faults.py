@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import SMALL, TINY, one_error_line, run, svhn_flags
+from helpers import SMALL, TINY, copy_run, one_error_line, run, svhn_flags
 
 import cli
 from training.loop.trainer import Trainer
@@ -113,8 +113,9 @@ def check_outcome(code: int, stdout: str, stderr: str, signum: int, out: Path, s
     saved = re.fullmatch(r"interrupted: (\S+) holds epoch (\d); continue with: python cli.py --resume \1 --epochs 2", last)
     if saved:
         assert Path(saved[1]) == out / "checkpoint.npz" and load_checkpoint(out / "checkpoint.npz").epoch == int(saved[2])
-        metrics = json.loads((out / "metrics.json").read_text())
-        assert len(metrics["history"]) in (int(saved[2]) - 1, int(saved[2]))  # metrics.json is written just after
+        metrics = out / "metrics.json"  # written just after the checkpoint: after epoch 1's, it may not be there yet
+        rows = len(json.loads(metrics.read_text())["history"]) if metrics.exists() else 0
+        assert rows in (int(saved[2]) - 1, int(saved[2])), rows
     else:
         assert last in (f"interrupted before an epoch ended; nothing was saved in {out}", "interrupted"), stderr
         assert files is None
@@ -155,6 +156,26 @@ def test_start_up_tracebacks_are_told_from_xpnet_s_own():
     ours = f'Traceback (most recent call last):\n  File "{REPO / "cli.py"}", line 12, in <module>\n' \
            f'  File "{REPO / "training" / "run" / "fit.py"}", line 40, in train\nKeyboardInterrupt\n'
     assert project_frames(ours) == [str(REPO / "cli.py"), str(REPO / "training" / "run" / "fit.py")]
+
+
+def test_an_interrupt_just_after_the_first_checkpoint_may_leave_no_metrics_file(tmp_path, capsys, finished_run):
+    """metrics.json is written just after checkpoint.npz: a signal in between (once in about 500
+    random moments) leaves epoch 1's checkpoint without it, which the resume writes. One epoch
+    less than the checkpoint is all metrics.json may lag, though."""
+    def outcome(out, epoch):
+        message = (f"interrupted: {out / 'checkpoint.npz'} holds epoch {epoch}; continue with: "
+                   f"python cli.py --resume {out / 'checkpoint.npz'} --epochs 2")
+        check_outcome(130, "", message + "\n", signal.SIGINT, out, time.time())
+
+    first = tmp_path / "first"
+    assert run(TINY + ["--epochs", "1", "--out", str(first)], capsys)[0] == 0
+    (first / "metrics.json").unlink()
+    outcome(first, 1)
+    second = copy_run(finished_run, tmp_path / "second")
+    outcome(second, 2)
+    (second / "metrics.json").unlink()
+    with pytest.raises(AssertionError):
+        outcome(second, 2)
 
 
 def test_a_finished_run_passes_only_if_the_signal_came_after_its_last_save(finished_run):
