@@ -372,6 +372,23 @@ def test_a_run_set_aside_by_a_killed_overwrite_comes_back(tmp_path, capsys, fini
     assert tree(out) == before and not hidden(out)
 
 
+def test_a_run_set_aside_that_cannot_come_back_is_named(tmp_path, capsys, finished_run):
+    """Killed after it saved its first epoch, before it removed the run it replaced: the next run
+    in that folder finds a run there, so it cannot put the old one back; it says where it is,
+    and leaves it alone."""
+    out = copy_run(finished_run, tmp_path / "run")
+    aside = out / f"{set_aside.PREFIX}99999"
+    shutil.copytree(finished_run, aside)
+    before = tree(aside)
+    code, stdout, err = run([a for a in TINY if a != "--quiet"] + ["--epochs", "1", "--out", str(out), "--overwrite"],
+                            capsys)
+    assert code == 0, err
+    assert (f"note: {aside} holds {', '.join(sorted(run_folder.RUN_FILES[:7]))} of an older run that an interrupted "
+            f"--overwrite had set aside; they stay there, as {out} holds a run of its own: move them out to keep the "
+            f"older run, or remove {aside}") in stdout.splitlines()
+    assert hidden(out) == [aside.name] and tree(aside) == before
+
+
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kept=st.lists(st.sampled_from(run_folder.RUN_FILES[:7]), min_size=1, max_size=7, unique=True),
        stranger=st.none() | st.sampled_from(sorted(STRANGERS)), overwrite=st.booleans())

@@ -52,7 +52,7 @@ from .prepare import (
     out_of_memory_advice,
     planned_schedule,
 )
-from .set_aside import SetAside, recover
+from .set_aside import SetAside, left_aside, recover
 
 
 @dataclass
@@ -129,6 +129,10 @@ def train(config: RunConfig, *, log=None) -> RunResult:
         if recovered:
             log(f"note: put back {', '.join(recovered)} in {folder.path}, which an interrupted {setting('overwrite')} "
                 f"had set aside before the new run saved an epoch")
+        for hidden, names in left_aside(folder.path, list(RUN_FILES)).items():
+            log(f"note: {hidden} holds {', '.join(names)} of an older run that an interrupted {setting('overwrite')} "
+                f"had set aside; they stay there, as {folder.path} holds a run of its own: move them out to keep "
+                f"the older run, or remove {hidden}")
         trainer, train_loader, test_loader, start_epoch = prepared_trainer(chosen, config, checkpoint, folder, replaced,
                                                                            aside, log)
         with np_quiet(), out_of_memory_advice("training", f"try a smaller {setting('batch_size')}"):

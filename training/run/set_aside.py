@@ -73,13 +73,24 @@ def recover(folder: Path, run_files: list[str]) -> list[str]:
     if any(os.path.lexists(Path(folder) / name) for name in run_files):
         return []
     restored = []
+    for aside, names in left_aside(folder, run_files).items():
+        left = _move_back(aside, Path(folder), names)
+        restored += [name for name in names if name not in left]
+    return restored
+
+
+def left_aside(folder: Path, run_files: list[str]) -> dict[Path, list[str]]:
+    """The hidden folders in ``folder`` that still hold files of a run set aside by a killed run,
+    with their names: those :func:`recover` could not put back, because ``folder`` holds a run's
+    files of its own (a run killed after it saved its first epoch, before it removed them)."""
+    found = {}
     for aside in sorted(Path(folder).glob(PREFIX + "*")):
         if aside.is_symlink() or not aside.is_dir():
             continue
         names = sorted(entry.name for entry in aside.iterdir() if entry.name in run_files)
-        left = _move_back(aside, Path(folder), names)
-        restored += [name for name in names if name not in left]
-    return restored
+        if names:
+            found[aside] = names
+    return found
 
 
 def _move_back(aside: Path, folder: Path, names: list[str]) -> list[str]:
