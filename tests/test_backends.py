@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -97,8 +98,9 @@ def test_a_ctrl_c_neither_hangs_the_exit_nor_leaves_a_part_running():
         pytest.fail("the process did not exit: it waits for a worker thread that nothing will stop")
     assert result.returncode == 0 and result.stderr == "", result.stderr
     first, second, after = result.stdout.splitlines()
-    assert first in ("0 parts started, 0 finished", "1 parts started, 1 finished", "2 parts started, 2 finished")
-    assert second == "2 parts started, 2 finished"
+    counts = [tuple(map(int, re.fullmatch(r"(\d) parts started, (\d) finished", line).groups())) for line in (first, second)]
+    assert all(started == finished for started, finished in counts), "a part ran on after map_slices raised"
+    assert counts[1][0] >= 1  # the part that signalled (the other may not have started: then it never does)
     assert after == "[slice(0, 32, None), slice(32, 64, None)]"
 
 
