@@ -60,7 +60,21 @@ def single_threaded_blas():
 
 
 class BackendUnavailableError(RuntimeError):
-    """A backend was asked for that this machine cannot provide (no CuPy, no GPU, ...)."""
+    """A backend was asked for that this machine cannot provide (no CuPy, no GPU, ...).
+
+    ``reason``: what is wrong and how to mend it. ``cpu_instead``: whether the cpu backend is
+    the way round it (a GPU that cannot be used). The message then ends with how to choose the
+    cpu in Python (``get_backend('cpu')``); a caller that knows how its user chooses a device
+    words that its own way with :meth:`advice` (cli.py: ``run with --device cpu``).
+    """
+
+    def __init__(self, reason: str, *, cpu_instead: bool = False):
+        self.reason, self.cpu_instead = reason, cpu_instead
+        super().__init__(self.advice("use get_backend('cpu')"))
+
+    def advice(self, cpu: str) -> str:
+        """The message, with ``cpu`` (say "run with --device cpu") as the way round it, where there is one."""
+        return f"{self.reason}, or {cpu}" if self.cpu_instead else self.reason
 
 
 def host_rng(seed: int | None = 0) -> np.random.Generator:

@@ -19,10 +19,7 @@ from .base import (
 
 BACKEND_NAMES = ("cpu", "cuda", "auto", "strict")
 
-CUDA_INSTALL_HINT = (
-    'install CuPy for your CUDA version with pip install ".[cuda12]" or ".[cuda13]" '
-    "(see README), or run with --device cpu"
-)
+CUDA_INSTALL_HINT = 'install CuPy for your CUDA version with pip install ".[cuda12]" or ".[cuda13]" (see README)'
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,29 +67,30 @@ def _cuda() -> Backend:
         if exc.name != "cupy":  # CuPy is there but one of its own dependencies is not
             raise BackendUnavailableError(
                 f"device 'cuda': CuPy is installed but failed to import ({_one_line(exc)}); "
-                f"reinstall it: {CUDA_INSTALL_HINT}"
+                f"reinstall it: {CUDA_INSTALL_HINT}", cpu_instead=True
             ) from exc
-        raise BackendUnavailableError(f"device 'cuda' needs CuPy, which is not installed: {CUDA_INSTALL_HINT}") from exc
+        raise BackendUnavailableError(f"device 'cuda' needs CuPy, which is not installed: {CUDA_INSTALL_HINT}",
+                                      cpu_instead=True) from exc
     except Exception as exc:  # CuPy installed but broken (wrong CUDA wheel, missing CUDA libraries)
         raise BackendUnavailableError(
             f"device 'cuda': CuPy is installed but failed to import ({_one_line(exc)}); "
-            f"reinstall the CuPy wheel that matches your CUDA driver, or run with --device cpu"
+            f"reinstall the CuPy wheel that matches your CUDA driver", cpu_instead=True
         ) from exc
     version = getattr(cupy, "__version__", None)
     if version is not None and _major_version(version) < MIN_CUPY_MAJOR:
         raise BackendUnavailableError(
             f"device 'cuda': CuPy {cupy.__version__} is too old; xpnet needs CuPy {MIN_CUPY_MAJOR} or newer: "
-            + CUDA_INSTALL_HINT
+            + CUDA_INSTALL_HINT, cpu_instead=True
         )
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
         raise BackendUnavailableError(
             f"device 'cuda': the CUDA driver could not be used ({_one_line(exc)}); "
-            "check that the NVIDIA driver is installed and `nvidia-smi` works, or run with --device cpu"
+            "check that the NVIDIA driver is installed and `nvidia-smi` works", cpu_instead=True
         ) from exc
     if count == 0:
-        raise BackendUnavailableError("device 'cuda': CuPy is installed but no NVIDIA GPU was found; run with --device cpu")
+        raise BackendUnavailableError("device 'cuda': CuPy is installed but no NVIDIA GPU was found", cpu_instead=True)
     _probe(cupy)
     import array_api_compat.cupy as xp
 
@@ -144,10 +142,10 @@ def _probe(cupy) -> None:
             raise BackendUnavailableError(
                 f"device 'cuda': a GPU was found but CuPy could not compile and run {what} ({_one_line(exc)}); "
                 'the CUDA toolkit libraries (NVRTC, cuBLAS) are missing or do not match the driver: '
-                'pip install ".[cuda12]" or ".[cuda13]" installs them with CuPy, or run with --device cpu'
+                'pip install ".[cuda12]" or ".[cuda13]" installs them with CuPy', cpu_instead=True
             ) from exc
         if not works:
-            raise BackendUnavailableError(f"device 'cuda': {what} gave a wrong result on this GPU; run with --device cpu")
+            raise BackendUnavailableError(f"device 'cuda': {what} gave a wrong result on this GPU", cpu_instead=True)
 
 
 class _FusionNamespace:

@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     try:
         get_backend(args.device)
     except BackendUnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc.advice('run with --device cpu')}", file=sys.stderr)
         return 2
     images, labels = random_set(args.examples)
     result = {"model": args.model, "device": args.device, "batch_size": args.batch_size, "examples": args.examples}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from helpers import SMALL, one_error_line, run
 
-from backends import available_backends, get_backend, registry
+from backends import BackendUnavailableError, available_backends, get_backend, registry
 from backends.base import cpu_threads
 from training.saving.checkpoint import load_checkpoint
 
@@ -267,3 +267,22 @@ def test_auto_falls_back_to_cpu_with_a_notice(fault, fake_cuda, tmp_path, capsys
     notice = [line for line in stdout.splitlines() if line.startswith("note: --device auto is using the cpu")]
     assert len(notice) == 1 and phrases[0] in notice[0]
     assert load_checkpoint(out / "checkpoint.npz").config["device"] == "cpu"
+    assert "device cpu" not in notice[0], "auto already runs on the cpu: the note does not advise it"
+
+
+@pytest.mark.parametrize("fault", ["no-cupy", "no-gpu", "broken-driver", "no-nvrtc"])
+def test_cuda_unavailable_advises_the_cpu_in_the_user_s_own_terms(fault, fake_cuda, tmp_path):
+    """The same cause, worded for whoever asked: Python's get_backend, RunConfig's device, cli.py's --device."""
+    from training.errors import XpnetError
+    from training.run import RunConfig, train
+
+    fake_cuda(CUDA_FAULTS[fault][0])
+    with pytest.raises(BackendUnavailableError) as direct:
+        get_backend("cuda")
+    assert str(direct.value) == direct.value.reason + ", or use get_backend('cpu')"
+    assert "--device" not in str(direct.value)
+    with pytest.raises(XpnetError) as configured:
+        train(RunConfig(model="mlp", device="cuda", train_size=64, test_size=32, epochs=1, out=str(tmp_path / "run"),
+                        quiet=True))
+    assert str(configured.value) == direct.value.reason + ", or run with 'device' cpu"
+    assert direct.value.advice("run with --device cpu").endswith(", or run with --device cpu")

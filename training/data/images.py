@@ -1,4 +1,4 @@
-"""Reading a user's image file as a 32×32 RGB uint8 array, for --predict.
+"""Reading a user's image file as a 32×32 RGB uint8 array, for prediction (``predict()``, ``cli.py --predict``).
 
 Pillow does the work, with its own tools for what photographs and scans bring:
 
@@ -63,7 +63,7 @@ def _decoded(path: Path, stream, size: int):
         limit = Image.MAX_IMAGE_PIXELS
         raise DataError(
             f"image {path} is too large to read safely ({exc.args[0].split(',')[0]}); {limit / 1e6:.0f} million pixels "
-            f"is the most --predict reads (Pillow's MAX_IMAGE_PIXELS) and a digit needs only {size}×{size}: shrink it first"
+            f"is the most xpnet reads (Pillow's MAX_IMAGE_PIXELS) and a digit needs only {size}×{size}: shrink it first"
         ) from None
     except UnidentifiedImageError:
         raise DataError(f"cannot read image {path}: Pillow does not recognise it as an image (PNG, JPEG, GIF, BMP, TIFF, ...); "

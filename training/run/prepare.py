@@ -64,12 +64,12 @@ def choose_backend(device: str, log):
     try:
         backend = backend_named(device)
     except BackendUnavailableError as exc:
-        raise XpnetError(str(exc)) from None
+        raise XpnetError(exc.advice(f"run with {setting('device')} cpu")) from None
     if device == "auto" and backend.name == "cpu":
         try:
             backend_named("cuda")
         except BackendUnavailableError as exc:
-            log(f"note: {setting('device')} auto is using the cpu ({exc})")
+            log(f"note: {setting('device')} auto is using the cpu ({exc.reason})")
     interrupts.check()
     return backend
 
