@@ -35,7 +35,9 @@ from training.saving.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "cli.py"), *TINY, "--epochs", "2"]
-MOMENTS = 8  # signals sent, two runs at a time: about 10 s in all
+# Signals sent, two runs at a time: about 10 s in all. XPNET_FAULT_MOMENTS=500 runs a search for
+# rare races (about 10 minutes on 2 cores; how the races in docs/testing.md were found).
+MOMENTS = int(os.environ.get("XPNET_FAULT_MOMENTS", "8"))
 FILES = ["best.npz", "checkpoint.npz", "confusion.png", "curves.png", "filters.png", "metrics.json", "mistakes.png"]
 
 
@@ -45,18 +47,28 @@ def _default_sigint():  # a child of a background job may inherit SIGINT ignored
 
 
 def start(out: Path, cache: Path) -> subprocess.Popen:
-    return subprocess.Popen(RUN + ["--out", str(out)], cwd=out.parent, env={**os.environ, "XPNET_CACHE": str(cache)},
+    env = {**os.environ, "XPNET_CACHE": str(cache), "PYTHONFAULTHANDLER": "1"}  # a SIGABRT dumps every thread's stack
+    return subprocess.Popen(RUN + ["--out", str(out)], cwd=out.parent, env=env,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=_default_sigint)
 
 
+RUN_TIMEOUT = 120
+
+
 def interrupted_at(delay: float, signum: int, out: Path, cache: Path) -> tuple[int, str, str, float]:
-    """Run, send ``signum`` ``delay`` seconds after the start: (exit code, stdout, stderr, when it was sent)."""
+    """Run, send ``signum`` ``delay`` seconds after the start: (exit code, stdout, stderr, when it was sent).
+    A run that has not ended RUN_TIMEOUT s later fails, with the stack of each of its threads."""
     process = start(out, cache)
     time.sleep(delay)
     sent = time.time()  # the clock that stamps files, to compare with checkpoint.npz's
     process.send_signal(signum)
     try:
-        stdout, stderr = process.communicate(timeout=120)
+        stdout, stderr = process.communicate(timeout=RUN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        stderr = process.communicate(timeout=30)[1]
+        raise AssertionError(f"{signal.Signals(signum).name} {delay:.3f} s after the start: the run did not end; "
+                             f"its threads:\n{stderr[-8000:]}") from None
     finally:
         if process.poll() is None:
             process.kill()
@@ -156,6 +168,31 @@ def test_start_up_tracebacks_are_told_from_xpnet_s_own():
     ours = f'Traceback (most recent call last):\n  File "{REPO / "cli.py"}", line 12, in <module>\n' \
            f'  File "{REPO / "training" / "run" / "fit.py"}", line 40, in train\nKeyboardInterrupt\n'
     assert project_frames(ours) == [str(REPO / "cli.py"), str(REPO / "training" / "run" / "fit.py")]
+
+
+HANGS = """
+import signal, sys, threading, time
+for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, lambda *args: None)  # the signal comes, and is lost
+def wait_forever():
+    threading.Event().wait()
+threading.Thread(target=wait_forever, name="stuck").start()
+wait_forever()
+"""
+
+
+def test_a_run_that_never_ends_fails_with_its_threads_stacks(tmp_path, monkeypatch):
+    """The random-moment test's check for a hang (it found one): the run is stopped, and the failure
+    shows where each of its threads waits."""
+    monkeypatch.setattr(sys.modules[__name__], "RUN_TIMEOUT", 2)
+    monkeypatch.setattr(sys.modules[__name__], "start", lambda out, cache: subprocess.Popen(
+        [sys.executable, "-c", HANGS], env={**os.environ, "PYTHONFAULTHANDLER": "1"}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    with pytest.raises(AssertionError) as failure:
+        interrupted_at(0.5, signal.SIGINT, tmp_path / "run", tmp_path / "cache")
+    message = str(failure.value)
+    assert message.startswith("SIGINT 0.500 s after the start: the run did not end; its threads:\n")
+    assert "Fatal Python error: Aborted" in message and "in wait_forever" in message
 
 
 def test_an_interrupt_just_after_the_first_checkpoint_may_leave_no_metrics_file(tmp_path, capsys, finished_run):
