@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import SMALL, one_error_line, run
 
-from backends import BackendUnavailableError, available_backends, get_backend, registry
+from backends import BackendUnavailableError, available_backends, get_backend, registry, workers
 from backends.base import cpu_threads
 from training.saving.checkpoint import load_checkpoint
 
@@ -126,6 +127,63 @@ def test_a_forked_child_gets_worker_threads_of_its_own():
     except subprocess.TimeoutExpired:
         pytest.fail("the forked child waited for its parent's worker threads, which it does not have")
     assert (result.returncode, result.stdout, result.stderr) == (0, "0\n", "")
+
+
+def interrupted_waits(monkeypatch, times: int, once_running: list):
+    """Make WorkerThreads.map's waits raise KeyboardInterrupt ``times`` times, as Ctrl-C would, each
+    once a part is running (``once_running`` non-empty): a real signal may reach the main thread
+    only after the parts are done, so it cannot pin this down."""
+    left = [times]
+
+    class InterruptedEvent(threading.Event):
+        def wait(self, timeout=None):
+            if left[0]:
+                while not once_running:
+                    time.sleep(0.001)
+                left[0] -= 1
+                raise KeyboardInterrupt
+            return super().wait(timeout)
+
+    monkeypatch.setattr(workers, "threading", types.SimpleNamespace(Event=InterruptedEvent, Lock=threading.Lock,
+                                                                     Thread=threading.Thread))
+
+
+@pytest.mark.parametrize("interrupts", [1, 2])
+def test_an_interrupted_map_starts_no_further_part_and_waits_for_the_running_one(monkeypatch, interrupts):
+    """One worker, three parts, Ctrl-C while the first runs (and again while map waits for it):
+    map raises only once that part is done, and the other two never start."""
+    pool = workers.WorkerThreads(1)
+    started, finished = [], []
+
+    def part(index):
+        started.append(index)
+        time.sleep(0.2)
+        finished.append(index)
+
+    interrupted_waits(monkeypatch, interrupts, started)
+    with pytest.raises(KeyboardInterrupt):
+        pool.map(part, [0, 1, 2])
+    assert started == finished == [0], "map raised while a part still ran"
+    time.sleep(0.5)
+    assert started == [0], "a part started after the interrupt"
+    monkeypatch.undo()
+    assert pool.map(lambda index: index * 10, [0, 1, 2]) == [0, 10, 20], "the pool still works"
+
+
+def test_a_failing_part_raises_its_own_error_once_all_parts_are_done():
+    pool = workers.WorkerThreads(2)
+    finished = []
+
+    def part(index):
+        if index == 1:
+            raise ValueError("part 1 failed")
+        time.sleep(0.2)
+        finished.append(index)
+
+    with pytest.raises(ValueError, match="part 1 failed"):
+        pool.map(part, [0, 1, 2])
+    assert sorted(finished) == [0, 2]
+    assert pool.map(str, []) == []
 
 
 def test_thread_count_from_the_environment(monkeypatch):
