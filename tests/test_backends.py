@@ -106,7 +106,8 @@ def test_a_ctrl_c_neither_hangs_the_exit_nor_leaves_a_part_running():
 
 
 FORKED_AFTER_A_MAP = """
-import os, sys
+import os, sys, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+ warns of fork() in a process with threads
 sys.path.insert(0, sys.argv[1])
 from backends import get_backend
 cpu = get_backend("cpu")

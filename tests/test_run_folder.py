@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -204,22 +203,29 @@ def test_an_interrupt_inside_claim_leaves_no_folder(tmp_path, monkeypatch, when,
     assert os.listdir(tmp_path) == []
 
 
-def test_a_signal_while_the_folder_is_made_stops_the_run_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+def test_a_signal_while_the_folder_is_made_stops_the_run_and_leaves_no_folder(tmp_path):
     """Under cli.py's signal handling a real SIGINT that arrives the moment a folder was made is
-    recorded, the claim finishes, and the run stops at its next check, releasing the folder."""
+    recorded, the claim finishes, and the run stops at its next check, releasing the folder.
+    (In a process of its own: a signal handled after cli.py's handlers were put back would stop pytest.)"""
     out = tmp_path / "new" / "run"
-    mkdir = Path.mkdir
-
-    def mkdir_then_signal(self, *args, **kwargs):
-        mkdir(self, *args, **kwargs)
-        if self == out:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    monkeypatch.setattr(Path, "mkdir", mkdir_then_signal)
-    code, _, err = run(TINY + ["--out", str(out)], capsys)
-    assert code == 130
-    assert err.strip() == f"interrupted before an epoch ended; nothing was saved in {out}"
-    assert os.listdir(tmp_path) == []
+    program = (
+        "import os, runpy, signal, sys\n"
+        "from pathlib import Path\n"
+        "mkdir = Path.mkdir\n"
+        "def mkdir_then_signal(self, *args, **kwargs):\n"
+        "    mkdir(self, *args, **kwargs)\n"
+        f"    if self == Path({str(out)!r}):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "Path.mkdir = mkdir_then_signal\n"
+        f"sys.argv = ['cli.py', *{TINY + ['--out', str(out)]!r}]\n"
+        "runpy.run_path('cli.py', run_name='__main__')\n"
+    )
+    env = {**os.environ, "XPNET_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, env=env, text=True, capture_output=True,
+                            timeout=120)
+    assert result.returncode == 130, result.stderr
+    assert result.stderr == f"interrupted before an epoch ended; nothing was saved in {out}\n"
+    assert not (tmp_path / "new").exists()
 
 
 def test_output_folder_under_a_file_is_a_clear_error(tmp_path, capsys):
