@@ -9,7 +9,10 @@ import contextlib
 import http.server
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +27,8 @@ from backends import BackendUnavailableError, get_backend
 from layers import gradcheck
 from layers.gradcheck import STEP, central_differences
 from layers.gradcheck import TOLERANCE as GRADCHECK_TOLERANCE
+
+REPO = Path(__file__).resolve().parent.parent
 
 # -- backends and tolerances -----------------------------------------------------------------------
 ALL_BACKENDS = ("cpu", "strict", "cuda")
@@ -290,6 +295,15 @@ def call_cli(argv: list[str]) -> SimpleNamespace:
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         code = cli.main(argv)
     return SimpleNamespace(code=code, out=stdout.getvalue(), err=stderr.getvalue())
+
+
+def cli_in_a_process(patch: str, argv: list[str], cache: Path) -> subprocess.CompletedProcess:
+    """``python cli.py argv`` in a process of its own, after the Python lines ``patch`` (which may
+    replace what cli.py will call): for a real signal the process sends itself, which would stop
+    pytest if it were handled after cli.py had put pytest's handlers back."""
+    program = patch + f"import runpy, sys\nsys.argv = ['cli.py', *{list(argv)!r}]\nrunpy.run_path('cli.py', run_name='__main__')\n"
+    env = {**os.environ, "XPNET_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", program], cwd=REPO, env=env, text=True, capture_output=True, timeout=120)
 
 
 def one_error_line(err: str) -> str:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import SMALL, TINY, copy_run, one_error_line, run, snapshot
+from helpers import SMALL, TINY, cli_in_a_process, copy_run, one_error_line, run, snapshot
 
 from training.loop.trainer import Trainer
 from training.run import folder as run_folder
@@ -206,10 +206,10 @@ def test_an_interrupt_inside_claim_leaves_no_folder(tmp_path, monkeypatch, when,
 def test_a_signal_while_the_folder_is_made_stops_the_run_and_leaves_no_folder(tmp_path):
     """Under cli.py's signal handling a real SIGINT that arrives the moment a folder was made is
     recorded, the claim finishes, and the run stops at its next check, releasing the folder.
-    (In a process of its own: a signal handled after cli.py's handlers were put back would stop pytest.)"""
+    """
     out = tmp_path / "new" / "run"
-    program = (
-        "import os, runpy, signal, sys\n"
+    patch = (
+        "import os, signal\n"
         "from pathlib import Path\n"
         "mkdir = Path.mkdir\n"
         "def mkdir_then_signal(self, *args, **kwargs):\n"
@@ -217,12 +217,8 @@ def test_a_signal_while_the_folder_is_made_stops_the_run_and_leaves_no_folder(tm
         f"    if self == Path({str(out)!r}):\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "Path.mkdir = mkdir_then_signal\n"
-        f"sys.argv = ['cli.py', *{TINY + ['--out', str(out)]!r}]\n"
-        "runpy.run_path('cli.py', run_name='__main__')\n"
     )
-    env = {**os.environ, "XPNET_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, env=env, text=True, capture_output=True,
-                            timeout=120)
+    result = cli_in_a_process(patch, TINY + ["--out", str(out)], tmp_path / "cache")
     assert result.returncode == 130, result.stderr
     assert result.stderr == f"interrupted before an epoch ended; nothing was saved in {out}\n"
     assert not (tmp_path / "new").exists()

@@ -15,20 +15,14 @@ Whichever way, the run must end with exit code 130, one line on stderr, and no r
 """
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from helpers import TINY, run
+from helpers import TINY, cli_in_a_process, run
 
 from training import interrupts
 from training.run import fit
 from training.saving.checkpoint import load_checkpoint
-
-REPO = Path(__file__).resolve().parent.parent
 
 # The steps of start-up, in order, as fit.py calls them once the run folder is claimed.
 STEPS = ["choose_backend", "load_training_data", "build_model", "make_optimizer", "make_loaders", "planned_schedule",
@@ -134,20 +128,16 @@ def test_a_signal_from_start_up_in_a_real_process(tmp_path):
     """`python cli.py` itself (its handlers installed as a program's), with SIGTERM sent to it by
     its own model building: exit code 130, one line, no run folder."""
     out = tmp_path / "run"
-    program = (
-        "import os, runpy, signal, sys\n"
+    patch = (
+        "import os, signal\n"
         "from training.run import fit\n"
         "original = fit.build_model\n"
         "def build_model(*args, **kwargs):\n"
         "    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    return original(*args, **kwargs)\n"
         "fit.build_model = build_model\n"
-        f"sys.argv = ['cli.py', *{TINY + ['--epochs', '2', '--out', str(out)]!r}]\n"
-        "runpy.run_path('cli.py', run_name='__main__')\n"
     )
-    env = {**os.environ, "XPNET_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, env=env, text=True, capture_output=True,
-                            timeout=120)
+    result = cli_in_a_process(patch, TINY + ["--epochs", "2", "--out", str(out)], tmp_path / "cache")
     assert result.returncode == 130, result.stderr
     assert result.stderr == f"interrupted before an epoch ended; nothing was saved in {out}\n"
     assert not out.exists()
