@@ -79,9 +79,9 @@ class WorkerThreads:
     def map(self, function: Callable[[Any], Any], parts: Sequence) -> list:
         """``[function(part) for part in parts]``, the parts run in the threads. Raises the first
         failing part's exception once all parts are done."""
-        call = _Map(function, parts)
         if not parts:
             return []
+        call = _Map(function, parts)
         try:
             for _ in parts:
                 self._maps.put(call)  # each entry runs whichever part is next

@@ -29,7 +29,6 @@ import json
 import os
 from pathlib import Path
 
-from .. import interrupts
 from ..errors import CheckpointError, XpnetError, setting
 from ..saving.checkpoint import read_header
 from ..saving.regular_files import check_regular, kind_of, open_regular
@@ -68,18 +67,16 @@ class RunFolder:
         return present_run_files(self.path)
 
     def release(self) -> None:
-        """Unlock the folder; remove the folders claim() created if they are still empty.
-        (A Ctrl-C is only recorded meanwhile under cli.py's signal handling, as in claim.)"""
+        """Unlock the folder; remove the folders claim() created if they are still empty."""
         if self._lock is None:
             return
-        with interrupts.deferred():
-            try:
-                os.unlink(self.path / LOCK_NAME)  # while still locked: nobody else can be using it
-            except OSError:
-                pass
-            os.close(self._lock)  # closing the descriptor drops the flock
-            self._lock = None
-            _remove_if_empty(self._created)
+        try:
+            os.unlink(self.path / LOCK_NAME)  # while still locked: nobody else can be using it
+        except OSError:
+            pass
+        os.close(self._lock)  # closing the descriptor drops the flock
+        self._lock = None
+        _remove_if_empty(self._created)
 
 
 def claim(path: Path) -> RunFolder:
@@ -88,21 +85,19 @@ def claim(path: Path) -> RunFolder:
     Raises XpnetError when it cannot be created or written, or when another process holds
     it. The caller must call ``release()`` on the result, also when it fails later.
 
-    Under cli.py's signal handling a Ctrl-C is only recorded while the folder is made and
-    locked (the next ``interrupts.check()`` acts on it), so that it cannot land between a
-    ``mkdir`` and the note of what was made; without it (a notebook), an interrupt anywhere
-    in here still removes the folders made so far.
+    An interrupt anywhere in here removes the folders made so far (each is noted before its
+    ``mkdir``). Under cli.py's signal handling, ``train()`` claims the folder with a Ctrl-C only
+    recorded, so that none lands between this call and the caller's note of the result.
     """
     path = Path(path)
     created: list[Path] = []
-    with interrupts.deferred():
-        try:
-            _make_folders(path, created)
-            descriptor, stale_pid = _lock(path)
-        except BaseException:
-            _remove_if_empty(created)
-            raise
-        return RunFolder(path, descriptor, created, stale_pid)
+    try:
+        _make_folders(path, created)
+        descriptor, stale_pid = _lock(path)
+    except BaseException:
+        _remove_if_empty(created)
+        raise
+    return RunFolder(path, descriptor, created, stale_pid)
 
 
 def _remove_if_empty(created: list[Path]) -> None:
